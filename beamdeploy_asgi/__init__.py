@@ -1,0 +1,29 @@
+"""Zero-downtime deploys of ASGI services under a long-lived gunicorn arbiter."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from beamdeploy_asgi.api import current_release, enabled, status, upgrade, upgrading
+from beamdeploy_asgi.errors import (
+    BeamDeployError,
+    ControlError,
+    DeploymentFailed,
+    NotEnabledError,
+    ReleaseError,
+)
+from beamdeploy_asgi.worker.gunicorn_worker import Worker
+
+__all__ = [
+    "BeamDeployError",
+    "ControlError",
+    "DeploymentFailed",
+    "NotEnabledError",
+    "ReleaseError",
+    "Worker",
+    "current_release",
+    "enabled",
+    "status",
+    "upgrade",
+    "upgrading",
+]

@@ -1,0 +1,3 @@
+from beamdeploy_asgi.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The Python API: what an app (or a script) uses to deploy and inspect.
+
+Inside a worker the control socket is found through the environment the
+arbiter gave it. Outside the runtime every call raises NotEnabledError,
+unless `state_dir` names the arbiter to talk to.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from beamdeploy_asgi.control import ControlClient, socket_path
+from beamdeploy_asgi.errors import DeploymentFailed, NotEnabledError
+
+CONTROL_ENV = "BEAMDEPLOY_CONTROL"
+
+
+def enabled() -> bool:
+    """True inside a worker run by the beamdeploy runtime."""
+    return bool(os.environ.get(CONTROL_ENV))
+
+
+def _client(state_dir: str | os.PathLike[str] | None) -> ControlClient:
+    if state_dir is not None:
+        return ControlClient(socket_path(os.path.abspath(os.fspath(state_dir))))
+    path = os.environ.get(CONTROL_ENV)
+    if not path:
+        raise NotEnabledError()
+    return ControlClient(path)
+
+
+def status(*, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Serving and draining generations, their workers, and recent deployments."""
+    return _client(state_dir).request({"op": "status"})
+
+
+def current_release(*, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The release the serving generation runs (name, version, app, path)."""
+    serving = status(state_dir=state_dir)["serving"]
+    return serving["release"] if serving else None
+
+
+def upgrading(*, state_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether a deployment is running right now."""
+    return bool(status(state_dir=state_dir)["upgrading"])
+
+
+def upgrade(
+    release: str | os.PathLike[str],
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Swap the service to `release` blue-green.
+
+    With `wait` (the default) this returns once the new generation serves and
+    the old one has stopped accepting, and raises DeploymentFailed with the
+    cause if it could not be promoted. Without it, it returns the deployment
+    as soon as it started. Blocking: from async code, call it in a thread.
+    """
+    request = {"op": "upgrade", "release": os.path.abspath(os.fspath(release)), "follow": wait}
+    result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
+    if wait and result.get("outcome") != "succeeded":
+        raise DeploymentFailed(result)
+    return result

@@ -1,0 +1,1 @@
+"""The arbiter side: one long-lived process that owns sockets and generations."""

@@ -1,0 +1,141 @@
+"""`beamdeploy serve`: gunicorn's Application, run by the generation arbiter.
+
+gunicorn's ``BaseApplication.run()`` always builds a plain ``Arbiter``; this
+class parses gunicorn's command line and config files as usual (plus
+beamdeploy's own settings) and runs ``BeamArbiter`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+from gunicorn import util
+from gunicorn.app.base import Application
+from gunicorn.errors import ConfigError
+
+import beamdeploy_asgi.settings  # noqa: F401  (registers beamdeploy's settings)
+from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.release import Release
+
+WORKER_CLASS = "beamdeploy_asgi.Worker"
+WORKER_CLASS_NAMES = {
+    WORKER_CLASS,
+    "beamdeploy_asgi.worker.Worker",
+    "egg:beamdeploy-asgi#beamdeploy",
+}
+
+# Set while this process is (or is about to become) a beamdeploy arbiter, so
+# that gunicorn resolving the worker class does not hand over a second time.
+RUNNING = False
+
+
+class BeamApplication(Application):
+    def __init__(self, argv: list[str], prog: str = "beamdeploy serve") -> None:
+        global RUNNING
+        RUNNING = True
+        self.argv = list(argv)
+        self.app_uri: str | None = None
+        self.release: Release | None = None
+        super().__init__(usage="%(prog)s [OPTIONS] [APP_MODULE]", prog=prog)
+
+    def load_default_config(self) -> None:
+        super().load_default_config()
+        self.cfg.set("worker_class", WORKER_CLASS)
+
+    def load_config(self) -> None:
+        saved, sys.argv = sys.argv, [self.prog or "beamdeploy serve", *self.argv]
+        try:
+            super().load_config()
+        finally:
+            sys.argv = saved
+
+    def init(self, parser: Any, opts: Any, args: list[str]) -> None:
+        if len(args) > 1:
+            raise ConfigError(f"expected one APP_MODULE, got {' '.join(args)}")
+        if args:
+            self.app_uri = args[0]
+            self.cfg.set("default_proc_name", args[0])
+
+    def chdir(self) -> None:
+        # The arbiter never imports the app, so only the working directory
+        # changes here; workers put it on sys.path when they run from it.
+        os.chdir(self.cfg.chdir)
+
+    def load(self) -> Any:
+        raise ConfigError("the beamdeploy arbiter never imports the application")
+
+    def first_release(self) -> Release:
+        if self.cfg.release:
+            return Release.load(self.cfg.release)
+        app = self.app_uri or self.cfg.wsgi_app
+        if not app:
+            raise ConfigError("give an APP_MODULE (module:attribute) or --release DIR")
+        paths = [os.path.abspath(p) for p in (self.cfg.pythonpath or "").split(",") if p]
+        return Release.from_environment(app, tuple([self.cfg.chdir, *paths]))
+
+    def refusals(self) -> list[str]:
+        """Options that cannot work with generations, and why."""
+        cfg = self.cfg
+        found = []
+        if cfg.worker_class_str not in WORKER_CLASS_NAMES:
+            found.append(
+                f"worker class {cfg.worker_class_str!r}: beamdeploy runs its own uvicorn "
+                f"workers; leave -k out or use -k {WORKER_CLASS}"
+            )
+        if cfg.preload_app:
+            found.append(
+                "preload_app: each generation imports its own release in a fresh "
+                "interpreter, so the arbiter never loads the app"
+            )
+        if cfg.reuse_port:
+            found.append(
+                "reuse_port: it gives each worker its own listening socket, and closing one "
+                "during a drain resets the connections queued on it; beamdeploy binds one "
+                "shared SO_REUSEPORT socket in the arbiter instead"
+            )
+        if cfg.reload:
+            found.append(
+                "reload: workers run from releases; ship code changes with `beamdeploy upgrade`"
+            )
+        if cfg.paste:
+            found.append("paste: beamdeploy serves ASGI apps named as module:attribute")
+        if getattr(cfg, "dirty_workers", 0):
+            found.append("dirty_workers: gunicorn's dirty arbiter is not supported by beamdeploy")
+        return found
+
+    def run(self) -> None:
+        refusals = self.refusals()
+        if refusals:
+            for reason in refusals:
+                print(f"Error: unsupported option {reason}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            self.release = release = self.first_release()
+        except (ConfigError, ReleaseError) as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        if self.cfg.print_config:
+            print(self.cfg)
+        if self.cfg.print_config or self.cfg.check_config:
+            print(f"release: {release} ({release.app}, python {release.python})")
+            sys.exit(0)
+        if self.cfg.daemon and not os.environ.get("BEAMDEPLOY_DAEMONIZED"):
+            util.daemonize(self.cfg.enable_stdio_inheritance)
+            os.environ["BEAMDEPLOY_DAEMONIZED"] = "1"
+
+        from beamdeploy_asgi.arbiter.arbiter import BeamArbiter
+
+        try:
+            BeamArbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            traceback.print_exc()
+            sys.exit(1)
+
+
+def serve(argv: list[str]) -> None:
+    """Run the arbiter with gunicorn-style arguments (what `beamdeploy serve` does)."""
+    BeamApplication(argv).run()

@@ -1,0 +1,728 @@
+"""The arbiter: gunicorn's master, taught to run generations.
+
+It keeps gunicorn's configuration, logging, hooks, pidfile and signals, but
+replaces the worker bookkeeping: workers belong to generations, each new
+generation is booted beside the serving one, promoted only when every worker
+reported READY, and the old one is drained. The loop is a selector over the
+signal wake-up pipe, the control socket and every worker's status channel, so
+nothing a deployment does ever blocks reaping or heartbeat checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import selectors
+import signal
+import sys
+import time
+import types
+from collections import deque
+from typing import Any
+
+from gunicorn import __version__ as gunicorn_version
+from gunicorn import systemd
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+from gunicorn.pidfile import Pidfile
+
+from beamdeploy_asgi import __version__
+from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlServer
+from beamdeploy_asgi.arbiter.deployment import Deployment
+from beamdeploy_asgi.arbiter.generation import (
+    Generation,
+    GenerationState,
+    WorkerProcess,
+    WorkerState,
+)
+from beamdeploy_asgi.arbiter.listeners import bind_listeners, close_listeners, describe
+from beamdeploy_asgi.arbiter.spawn import spawn_worker
+from beamdeploy_asgi.control import ControlClient, socket_path
+from beamdeploy_asgi.errors import ControlError, ReleaseError
+from beamdeploy_asgi.release import Release
+from beamdeploy_asgi.settings import state_dir
+
+STOP_TIMEOUT = 5.0  # a worker told to stop before it served gets this long
+KILL_MARGIN = 2.0  # past graceful_timeout, a draining worker is killed
+STABLE_AFTER = 10.0  # a worker serving this long ends a crash streak
+MAX_BACKOFF = 30.0
+KEPT_DEPLOYMENTS = 50
+
+
+def backoff(streak: int) -> float:
+    """Respawn at once after a first crash, then back off exponentially."""
+    if streak <= 1:
+        return 0.0
+    return min(0.5 * 2 ** (streak - 2), MAX_BACKOFF)
+
+
+class BeamArbiter(Arbiter):
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.selector = selectors.DefaultSelector()
+        self.generations: list[Generation] = []
+        self.serving: Generation | None = None
+        self.deployment: Deployment | None = None
+        self.deployments: deque[Deployment] = deque(maxlen=KEPT_DEPLOYMENTS)
+        self.generation_counter = 0
+        self.stopping = False
+        self.control: ControlServer | None = None
+        self.started_at = time.time()
+        self.state_dir = state_dir(self.cfg)
+        self.control_path = socket_path(self.state_dir)
+        self._wakeup_r = self._wakeup_w = -1
+
+    # -- start and stop -------------------------------------------------
+
+    def start(self) -> None:
+        self.log.info("Starting beamdeploy-asgi %s (gunicorn %s)", __version__, gunicorn_version)
+        self.pid = os.getpid()
+        if self.cfg.pidfile is not None:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        self.cfg.on_starting(self)
+        self.init_signals()
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        self.LISTENERS = bind_listeners(self.cfg, self.log)
+        self.log.info(
+            "Listening at: %s (%s)", ",".join(describe(s) for s in self.LISTENERS), self.pid
+        )
+        self._open_control()
+        self.cfg.when_ready(self)
+
+    def _open_control(self) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if os.path.exists(self.control_path):
+            try:
+                ControlClient(self.control_path, timeout=2).request({"op": "ping"})
+            except ControlError as exc:
+                if exc.code != "not_running":
+                    raise HaltServer(f"cannot use {self.control_path}: {exc.detail}", 1) from None
+                os.unlink(self.control_path)
+            else:
+                raise HaltServer(
+                    f"another beamdeploy arbiter already runs with state dir {self.state_dir}", 1
+                )
+        owner = self.cfg.uid if self.cfg.uid != os.geteuid() else None
+        self.control = ControlServer(self.control_path, self.selector, self.handle_control, owner)
+        self.log.info("Control socket: %s", self.control_path)
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.start_deployment("boot", self.app.release)
+            while True:
+                self.loop_once()
+        except (StopIteration, KeyboardInterrupt):
+            self.halt()
+        except HaltServer as inst:
+            self.halt(reason=inst.reason, exit_status=inst.exit_status)
+        except SystemExit:
+            raise
+        except Exception:
+            self.log.error("Unhandled exception in main loop", exc_info=True)
+            self.stop(False)
+            if self.pidfile is not None:
+                self.pidfile.unlink()
+            sys.exit(-1)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.stop()
+        log = self.log.info if exit_status == 0 else self.log.error
+        log("Shutting down: %s", self.master_name)
+        if reason is not None:
+            log("Reason: %s", reason)
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        self.cfg.on_exit(self)
+        sys.exit(exit_status)
+
+    def stop(self, graceful: bool = True) -> None:
+        """Drain (or quickly stop) every generation, then release the sockets."""
+        self.stopping = True
+        if self.deployment is not None and not self.deployment.ended:
+            self.deployment.target.state = GenerationState.FAILED
+            self.deployment.finish(
+                "failed", "arbiter shutting down", "the arbiter is shutting down"
+            )
+        sig = signal.SIGTERM if graceful else signal.SIGQUIT
+        limit = time.monotonic() + (self.cfg.graceful_timeout + KILL_MARGIN if graceful else 2.0)
+        for worker in self.all_workers():
+            self._signal(worker, sig)
+        while self.all_workers() and time.monotonic() < limit:
+            try:
+                pending = self.SIG_QUEUE.get_nowait()
+            except queue.Empty:
+                pending = None
+            if pending in (signal.SIGINT, signal.SIGQUIT) and graceful:
+                self.log.info("Quick shutdown requested")
+                graceful = False
+                limit = min(limit, time.monotonic() + 2.0)
+                for worker in self.all_workers():
+                    self._signal(worker, signal.SIGQUIT)
+            self.reap_workers()
+            time.sleep(0.05)
+        for worker in self.all_workers():
+            self._signal(worker, signal.SIGKILL)
+        while self.all_workers():
+            self.reap_workers()
+            time.sleep(0.01)
+        close_listeners(self.LISTENERS)
+        self.LISTENERS = []
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    # -- the loop ---------------------------------------------------------
+
+    def loop_once(self) -> None:
+        busy = self.deployment is not None or any(
+            g.state is not GenerationState.SERVING for g in self.generations
+        )
+        for key, mask in self.selector.select(0.1 if busy else 1.0):
+            target = key.data
+            if target is None:
+                self._drain_wakeup_pipe()
+            elif isinstance(target, WorkerProcess):
+                self.read_worker(target)
+            elif isinstance(target, ControlConnection):
+                if target.closed:
+                    continue
+                if mask & selectors.EVENT_READ:
+                    target.on_readable()
+                if mask & selectors.EVENT_WRITE and not target.closed:
+                    target.on_writable()
+            else:
+                target.on_readable()
+        self.handle_signals()
+        self.reap_workers()
+        self.check_workers()
+        self.manage_workers()
+
+    def _drain_wakeup_pipe(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def handle_signals(self) -> None:
+        while True:
+            try:
+                sig = self.SIG_QUEUE.get_nowait()
+            except queue.Empty:
+                return
+            name = self.SIG_NAMES.get(sig)
+            handler = getattr(self, f"handle_{name}", None) if name else None
+            if handler is None:
+                continue
+            if sig != signal.SIGCHLD:
+                self.log.info("Handling signal: %s", name)
+            handler()
+
+    def handle_chld(self) -> None:
+        self.reap_workers()
+
+    handle_cld = handle_chld
+
+    def handle_hup(self) -> None:
+        """HUP restarts the serving release blue-green: new workers first, then drain."""
+        if self.serving is None or self.deployment is not None:
+            self.log.warning("HUP ignored: a deployment is in progress")
+            return
+        self.start_deployment("restart", self.serving.release)
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        if self.serving is not None:
+            self.serving.size = self.num_workers
+        self.manage_workers()
+
+    def handle_ttou(self) -> None:
+        if self.num_workers <= 1:
+            return
+        self.num_workers -= 1
+        if self.serving is not None:
+            self.serving.size = self.num_workers
+        self.manage_workers()
+
+    def handle_usr1(self) -> None:
+        self.log.reopen_files()
+        for worker in self.all_workers():
+            self._signal(worker, signal.SIGUSR1)
+
+    def handle_usr2(self) -> None:
+        self.log.warning("USR2 ignored: beamdeploy swaps releases with `beamdeploy upgrade`")
+
+    def handle_winch(self) -> None:
+        self.log.debug("WINCH ignored")
+
+    # -- workers ----------------------------------------------------------
+
+    def all_workers(self) -> list[WorkerProcess]:
+        return [w for g in self.generations for w in g.workers.values()]
+
+    def spawn(self, generation: Generation) -> WorkerProcess | None:
+        self.worker_age += 1
+        self.cfg.pre_fork(self, types.SimpleNamespace(age=self.worker_age, pid=None))
+        try:
+            worker = spawn_worker(
+                generation=generation,
+                age=self.worker_age,
+                cfg=self.cfg,
+                argv=self.app.argv,
+                cwd=self.START_CTX["cwd"],
+                listeners=self.LISTENERS,
+                control_path=self.control_path,
+            )
+        except OSError as exc:
+            self.worker_failed(
+                generation, None, f"could not start {generation.release.python}: {exc}"
+            )
+            return None
+        generation.workers[worker.pid] = worker
+        self.selector.register(worker.channel, selectors.EVENT_READ, worker)
+        self.log.info("%s: started worker %s", generation, worker.pid)
+        return worker
+
+    def read_worker(self, worker: WorkerProcess) -> None:
+        try:
+            chunk = worker.channel.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.selector.unregister(worker.channel)
+            return
+        worker.inbox += chunk
+        while b"\n" in worker.inbox:
+            line, worker.inbox = worker.inbox.split(b"\n", 1)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.log.warning("worker %s sent an unreadable status line", worker.pid)
+                continue
+            self.on_worker_message(worker, message)
+
+    def on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        generation = worker.generation
+        if event == "ready" and worker.state is WorkerState.BOOTING:
+            worker.state = WorkerState.READY
+            self.log.info("%s: worker %s is ready", generation, worker.pid)
+            if generation is self.serving:
+                worker.send({"cmd": "serve"})
+            elif self.deployment is not None and generation is self.deployment.target:
+                self.deployment_progress()
+        elif event == "serving" and worker.state is WorkerState.READY:
+            worker.state = WorkerState.SERVING
+            worker.serving_since = time.monotonic()
+            if self.deployment is not None and generation is self.deployment.target:
+                self.deployment_progress()
+        elif event == "draining":
+            if worker.state is WorkerState.SERVING:
+                # The worker drains on its own (max requests, lost arbiter):
+                # give it the drain deadline and let manage_workers replace it.
+                self.log.info("%s: worker %s drains on its own", generation, worker.pid)
+                self._begin_drain(worker, signal_it=False)
+            worker.stopped_accepting = True
+            self.deployment_progress()
+        elif event == "failed":
+            cause = message.get("error") or "worker failed"
+            worker.failure = cause
+            self.log.error(
+                "%s: worker %s failed to boot (%s): %s",
+                generation,
+                worker.pid,
+                message.get("phase", "boot"),
+                cause,
+            )
+            if message.get("traceback"):
+                worker.failure = f"{cause}\n{message['traceback']}"
+            self.worker_failed(generation, worker, worker.failure)
+
+    def worker_failed(
+        self, generation: Generation, worker: WorkerProcess | None, cause: str
+    ) -> None:
+        """A worker of `generation` could not boot."""
+        deployment = self.deployment
+        if deployment is not None and generation is deployment.target and not deployment.ended:
+            self.abort_deployment(cause)
+        elif worker is not None and worker.state in (WorkerState.BOOTING, WorkerState.READY):
+            self._stop_unserved(worker)
+
+    def _stop_unserved(self, worker: WorkerProcess) -> None:
+        worker.state = WorkerState.STOPPING
+        worker.deadline = time.monotonic() + STOP_TIMEOUT
+        self._signal(worker, signal.SIGTERM)
+
+    def _begin_drain(self, worker: WorkerProcess, signal_it: bool = True) -> None:
+        worker.state = WorkerState.DRAINING
+        worker.deadline = time.monotonic() + self.cfg.graceful_timeout + KILL_MARGIN
+        if signal_it:
+            self._signal(worker, signal.SIGTERM)
+
+    def _signal(self, worker: WorkerProcess, sig: int) -> None:
+        try:
+            os.kill(worker.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reap_workers(self) -> None:
+        known = {w.pid: w for w in self.all_workers()}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except OSError as exc:
+                if exc.errno == errno.ECHILD:
+                    return
+                raise
+            if not pid:
+                return
+            worker = known.get(pid)
+            if worker is None:
+                self.log.debug("Reaped unknown child process %s", pid)
+                continue
+            worker.proc.returncode = os.waitstatus_to_exitcode(status)
+            self.worker_exited(worker, status)
+
+    def worker_exited(self, worker: WorkerProcess, status: int) -> None:
+        generation = worker.generation
+        generation.workers.pop(worker.pid, None)
+        try:
+            self.selector.unregister(worker.channel)
+        except (KeyError, ValueError):
+            pass
+        worker.close()
+        how = _exit_description(status)
+        expected = worker.state in (WorkerState.DRAINING, WorkerState.STOPPING)
+        log = self.log.info if expected else self.log.error
+        log("%s: worker %s %s (was %s)", generation, worker.pid, how, worker.state.value)
+        self.cfg.child_exit(self, worker)
+
+        if worker.state in (WorkerState.BOOTING, WorkerState.READY):
+            cause = worker.failure or f"worker {worker.pid} {how} before it was ready"
+            if generation is self.serving:
+                self._count_crash(generation, worker)
+            self.worker_failed(generation, worker, cause)
+        elif worker.state is WorkerState.SERVING and generation is self.serving:
+            self._count_crash(generation, worker)
+
+        if not generation.workers:
+            self.generation_emptied(generation)
+        self.deployment_progress()
+
+    def _count_crash(self, generation: Generation, worker: WorkerProcess) -> None:
+        now = time.monotonic()
+        stable = worker.serving_since is not None and now - worker.serving_since >= STABLE_AFTER
+        generation.crash_streak = 1 if stable else generation.crash_streak + 1
+        delay = backoff(generation.crash_streak)
+        generation.respawn_at = now + delay
+        if delay:
+            self.log.warning(
+                "%s: %s crashes in a row, next worker in %.1fs",
+                generation,
+                generation.crash_streak,
+                delay,
+            )
+
+    def generation_emptied(self, generation: Generation) -> None:
+        if generation.state is GenerationState.DRAINING:
+            generation.state = GenerationState.STOPPED
+            generation.stopped_at = time.time()
+            took = generation.stopped_at - (generation.drain_started_at or generation.stopped_at)
+            self.log.info("%s: drained in %.2fs", generation, took)
+            for deployment in self.deployments:
+                if deployment.previous is generation and deployment.drained_at is None:
+                    deployment.drained_at = generation.stopped_at
+                    deployment.timings["drain"] = took
+        if generation.state in (GenerationState.STOPPED, GenerationState.FAILED):
+            if generation in self.generations:
+                self.generations.remove(generation)
+
+    def check_workers(self) -> None:
+        """Deadlines: boot timeout while booting, heartbeat while serving, drain limit."""
+        now = time.monotonic()
+        for worker in self.all_workers():
+            if worker.state in (WorkerState.BOOTING, WorkerState.READY):
+                if now - worker.started > self.cfg.boot_timeout:
+                    cause = (
+                        f"worker {worker.pid} did not report READY within "
+                        f"{self.cfg.boot_timeout:g}s (boot timeout)"
+                    )
+                    self.log.error("%s: %s", worker.generation, cause)
+                    worker.failure = cause
+                    self.worker_failed(worker.generation, worker, cause)
+                    if worker.state is not WorkerState.STOPPING:
+                        self._stop_unserved(worker)
+            elif worker.state is WorkerState.SERVING:
+                if not self.timeout:
+                    continue
+                try:
+                    silent = now - worker.heartbeat.last_update()
+                except (OSError, ValueError):
+                    continue
+                if silent <= self.timeout:
+                    continue
+                if not worker.aborted:
+                    self.log.critical("WORKER TIMEOUT (pid:%s)", worker.pid)
+                    worker.aborted = True
+                    self._signal(worker, signal.SIGABRT)
+                else:
+                    self._signal(worker, signal.SIGKILL)
+            elif worker.deadline is not None and now > worker.deadline:
+                self.log.warning(
+                    "%s: worker %s still %s at its deadline, killing it",
+                    worker.generation,
+                    worker.pid,
+                    worker.state.value,
+                )
+                worker.deadline = None
+                self._signal(worker, signal.SIGKILL)
+
+    def manage_workers(self) -> None:
+        generation = self.serving
+        if generation is None or self.stopping:
+            return
+        active = generation.in_state(WorkerState.BOOTING, WorkerState.READY, WorkerState.SERVING)
+        missing = generation.size - len(active)
+        if missing > 0 and time.monotonic() >= generation.respawn_at:
+            for _ in range(missing):
+                self.spawn(generation)
+        elif missing < 0:
+            extra = sorted(active, key=lambda w: w.age)[:-missing]
+            for worker in extra:
+                if worker.state is WorkerState.SERVING:
+                    self._begin_drain(worker)
+                else:
+                    self._stop_unserved(worker)
+
+    # -- deployments ------------------------------------------------------
+
+    def start_deployment(self, kind: str, release: Release) -> Deployment:
+        self.generation_counter += 1
+        generation = Generation(self.generation_counter, release, self.num_workers)
+        deployment = Deployment(kind=kind, target=generation, previous=self.serving)
+        self.deployment = deployment
+        self.deployments.append(deployment)
+        self.generations.append(generation)
+        self.log.info(
+            "deployment %s (%s): booting %s with %s workers",
+            deployment.id,
+            kind,
+            generation,
+            generation.size,
+        )
+        deployment.record(
+            "booting",
+            f"booting {generation}: 0/{generation.size} ready",
+            ready=0,
+            total=generation.size,
+        )
+        for _ in range(generation.size):
+            if self.deployment is not deployment or deployment.ended:
+                break
+            self.spawn(generation)
+        return deployment
+
+    def deployment_progress(self) -> None:
+        """Step the current deployment as far as the workers' states allow."""
+        deployment = self.deployment
+        if deployment is None:
+            return
+        target = deployment.target
+        if deployment.phase == "stopping":
+            if not target.workers:
+                self._deployment_over()
+            return
+        if deployment.phase == "booting":
+            ready = len(target.in_state(WorkerState.READY))
+            if ready != deployment.events[-1].get("ready"):
+                deployment.record(
+                    "booting",
+                    f"booting {target}: {ready}/{target.size} ready",
+                    ready=ready,
+                    total=target.size,
+                )
+            if ready == target.size:
+                deployment.timings["boot"] = time.time() - deployment.started_at
+                deployment.record("promoting", f"promoting {target}")
+                for worker in target.workers.values():
+                    worker.send({"cmd": "serve"})
+        elif deployment.phase == "promoting":
+            if len(target.in_state(WorkerState.SERVING)) == target.size:
+                self.promote(deployment)
+        if deployment.phase == "draining" and deployment.previous is not None:
+            old = deployment.previous
+            if all(w.stopped_accepting for w in old.workers.values()):
+                self.finish_deployment(deployment)
+
+    def promote(self, deployment: Deployment) -> None:
+        target = deployment.target
+        promoted_at = time.time()
+        deployment.timings["promotion"] = (
+            promoted_at - deployment.started_at - deployment.timings["boot"]
+        )
+        target.state = GenerationState.SERVING
+        target.promoted_at = promoted_at
+        old = self.serving
+        self.serving = target
+        self.log.info("deployment %s: %s promoted", deployment.id, target)
+        deployment.record("promoted", f"{target} serves")
+        if deployment.kind == "boot":
+            systemd.sd_notify("READY=1\nSTATUS=beamdeploy serving", self.log)
+        if old is None:
+            self.finish_deployment(deployment)
+            return
+        old.state = GenerationState.DRAINING
+        old.drain_started_at = promoted_at
+        for worker in list(old.workers.values()):
+            if worker.state is WorkerState.SERVING:
+                self._begin_drain(worker)
+            elif worker.state is not WorkerState.DRAINING:
+                self._stop_unserved(worker)
+        deployment.record("draining", f"draining {old} ({len(old.workers)} workers)")
+        self.log.info("deployment %s: draining %s", deployment.id, old)
+        if not old.workers:
+            self.generation_emptied(old)
+        self.deployment_progress()
+
+    def finish_deployment(self, deployment: Deployment) -> None:
+        self.log.info("deployment %s: done, %s serves", deployment.id, deployment.target)
+        deployment.finish("succeeded", f"{deployment.target} serves")
+        self.deployment = None
+
+    def abort_deployment(self, cause: str) -> None:
+        deployment = self.deployment
+        if deployment is None or deployment.ended:
+            return
+        target = deployment.target
+        target.state = GenerationState.FAILED
+        target.failure = cause
+        self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
+        deployment.error = cause
+        deployment.record("stopping", f"stopping {target}: {cause.splitlines()[0]}")
+        for worker in list(target.workers.values()):
+            if worker.state is not WorkerState.STOPPING:
+                self._stop_unserved(worker)
+        if not target.workers:
+            self._deployment_over()
+
+    def _deployment_over(self) -> None:
+        """The failed generation is gone; report the failure now that all is clean."""
+        deployment = self.deployment
+        if deployment is None:
+            return
+        if not deployment.ended:
+            deployment.finish("failed", f"{deployment.target} failed", deployment.error)
+        self.generation_emptied(deployment.target)
+        self.deployment = None
+        if self.serving is None and not self.stopping:
+            raise HaltServer(f"the first generation failed to boot: {deployment.error}", 3)
+
+    # -- control requests -------------------------------------------------
+
+    def handle_control(self, request: dict[str, Any], conn: ControlConnection) -> None:
+        op = request["op"]
+        if op == "ping":
+            conn.reply({"pid": self.pid})
+        elif op == "status":
+            conn.reply(self.status())
+        elif op == "upgrade":
+            self.control_upgrade(request, conn)
+        elif op == "deployments":
+            conn.reply({"deployments": [d.describe() for d in reversed(self.deployments)]})
+        elif op == "deployment":
+            deployment = self._find_deployment(request.get("id"))
+            if deployment is None:
+                conn.fail("not_found", f"no deployment with id {request.get('id')!r}")
+            elif request.get("follow"):
+                self._follow(deployment, conn)
+            else:
+                conn.reply(deployment.describe())
+        else:
+            conn.fail("unknown_op", f"unknown control operation {op!r}")
+
+    def control_upgrade(self, request: dict[str, Any], conn: ControlConnection) -> None:
+        path = request.get("release")
+        if not isinstance(path, str) or not path:
+            conn.fail("bad_request", "'release' must be the path of a release directory")
+            return
+        if self.deployment is not None:
+            conn.fail(
+                "upgrade_in_progress",
+                f"upgrade in progress: deployment {self.deployment.id} "
+                f"({self.deployment.phase}); try again when it has ended",
+            )
+            return
+        if self.serving is None or self.stopping:
+            conn.fail("unavailable", "the arbiter is not serving")
+            return
+        try:
+            release = Release.load(path)
+        except ReleaseError as exc:
+            conn.fail("invalid_release", str(exc))
+            return
+        deployment = self.start_deployment("upgrade", release)
+        if request.get("follow"):
+            self._follow(deployment, conn)
+        else:
+            conn.reply(deployment.describe())
+
+    def _follow(self, deployment: Deployment, conn: ControlConnection) -> None:
+        for event in deployment.events:
+            conn.send({"event": event})
+        if deployment.ended:
+            conn.reply(deployment.describe())
+            return
+
+        def forward(event: dict[str, Any]) -> None:
+            if deployment.ended:
+                conn.reply(deployment.describe())
+            else:
+                conn.send({"event": event})
+
+        deployment.listeners.append(forward)
+
+    def _find_deployment(self, deployment_id: Any) -> Deployment | None:
+        for deployment in self.deployments:
+            if deployment.id == deployment_id:
+                return deployment
+        return None
+
+    def status(self) -> dict[str, Any]:
+        def generations(state: GenerationState) -> list[dict[str, Any]]:
+            return [g.describe() for g in self.generations if g.state is state]
+
+        return {
+            "arbiter": {
+                "pid": self.pid,
+                "version": __version__,
+                "state_dir": self.state_dir,
+                "listeners": [describe(s) for s in self.LISTENERS],
+                "workers": self.num_workers,
+                "started_at": self.started_at,
+            },
+            "serving": self.serving.describe() if self.serving else None,
+            "booting": generations(GenerationState.BOOTING),
+            "draining": generations(GenerationState.DRAINING),
+            "upgrading": self.deployment is not None,
+            "deployment": self.deployment.describe() if self.deployment else None,
+            "deployments": [d.describe() for d in reversed(self.deployments)][:10],
+        }
+
+
+def _exit_description(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by {name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"

@@ -1,0 +1,141 @@
+"""The arbiter's end of the control socket, driven by the arbiter's selector.
+
+Every socket is non-blocking and every read or write is a single call made
+when the selector says it will not block, so a slow or stuck client never
+stalls the loop that also reaps and watches the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from beamdeploy_asgi.control import MAX_LINE, encode
+
+Handler = Callable[[dict[str, Any], "ControlConnection"], None]
+
+
+class ControlConnection:
+    def __init__(self, sock: socket.socket, server: ControlServer) -> None:
+        self.sock = sock
+        self.server = server
+        self.inbox = b""
+        self.outbox = b""
+        self.handled = False
+        self.closing = False
+        self.closed = False
+
+    def send(self, message: dict[str, Any], last: bool = False) -> None:
+        if self.closed:
+            return
+        self.outbox += encode(message)
+        self.closing = self.closing or last
+        self._flush()
+
+    def reply(self, result: dict[str, Any]) -> None:
+        self.send({"result": result}, last=True)
+
+    def fail(self, code: str, detail: str) -> None:
+        self.send({"error": {"code": code, "detail": detail}}, last=True)
+
+    def on_readable(self) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()
+            return
+        if self.handled:
+            return
+        self.inbox += chunk
+        if b"\n" not in self.inbox:
+            if len(self.inbox) > MAX_LINE:
+                self.fail("bad_request", "request line too long")
+            return
+        line = self.inbox.split(b"\n", 1)[0]
+        self.handled = True
+        try:
+            request = json.loads(line)
+        except ValueError:
+            self.fail("bad_request", "request is not valid JSON")
+            return
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            self.fail("bad_request", "request must be a JSON object with an 'op'")
+            return
+        self.server.handler(request, self)
+
+    def on_writable(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.outbox:
+            try:
+                sent = self.sock.send(self.outbox)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.close()
+                return
+            self.outbox = self.outbox[sent:]
+        if not self.outbox and self.closing:
+            self.close()
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+        self.server.selector.modify(self.sock, events, self)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server.selector.unregister(self.sock)
+        self.sock.close()
+        self.server.connections.discard(self)
+
+
+class ControlServer:
+    def __init__(
+        self, path: str, selector: selectors.BaseSelector, handler: Handler, owner: int | None
+    ) -> None:
+        self.path = path
+        self.selector = selector
+        self.handler = handler
+        self.connections: set[ControlConnection] = set()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, owner, -1)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        selector.register(self.sock, selectors.EVENT_READ, self)
+
+    def on_readable(self) -> None:
+        try:
+            sock, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        connection = ControlConnection(sock, self)
+        self.connections.add(connection)
+        self.selector.register(sock, selectors.EVENT_READ, connection)
+
+    def close(self) -> None:
+        for connection in list(self.connections):
+            connection.close()
+        self.selector.unregister(self.sock)
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

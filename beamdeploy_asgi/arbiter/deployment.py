@@ -1,0 +1,67 @@
+"""A deployment: one attempt to put a release into service, and its story."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from beamdeploy_asgi.arbiter.generation import Generation
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Deployment:
+    """Phases: booting -> promoting -> draining -> done, or failed at any step."""
+
+    kind: str
+    target: Generation
+    previous: Generation | None
+    id: str = field(default_factory=lambda: secrets.token_hex(6))
+    phase: str = "booting"
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    drained_at: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.outcome is not None
+
+    def record(self, phase: str, message: str, **extra: Any) -> None:
+        self.phase = phase
+        event = {"phase": phase, "message": message, "at": time.time(), **extra}
+        self.events.append(event)
+        for listener in list(self.listeners):
+            listener(event)
+
+    def finish(self, outcome: str, message: str, error: str | None = None) -> None:
+        self.ended_at = time.time()
+        self.error = error
+        self.outcome = outcome
+        self.record("done" if outcome == "succeeded" else "failed", message)
+        self.listeners.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "from": self.previous.release.describe() if self.previous else None,
+            "to": self.target.release.describe(),
+            "generation": self.target.number,
+            "phase": self.phase,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "drained_at": self.drained_at,
+            "outcome": self.outcome,
+            "error": self.error,
+            "timings": dict(self.timings),
+            "events": list(self.events),
+        }

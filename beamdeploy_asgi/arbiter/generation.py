@@ -1,0 +1,106 @@
+"""Generations and their worker processes, as the arbiter tracks them."""
+
+from __future__ import annotations
+
+import enum
+import json
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gunicorn.workers.workertmp import WorkerTmp
+
+from beamdeploy_asgi.release import Release
+
+
+class GenerationState(str, enum.Enum):
+    BOOTING = "booting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class WorkerState(str, enum.Enum):
+    BOOTING = "booting"  # exec'd, loading the app and running lifespan startup
+    READY = "ready"  # booted and checked, waiting to be told to accept
+    SERVING = "serving"  # accepting connections
+    DRAINING = "draining"  # stopped accepting, finishing its connections
+    STOPPING = "stopping"  # told to stop before it ever served
+
+
+@dataclass
+class WorkerProcess:
+    """One exec'd worker: its process, its status channel and its heartbeat."""
+
+    generation: Generation
+    age: int
+    proc: subprocess.Popen[bytes]
+    channel: socket.socket
+    heartbeat: WorkerTmp
+    state: WorkerState = WorkerState.BOOTING
+    started: float = field(default_factory=time.monotonic)
+    serving_since: float | None = None
+    deadline: float | None = None
+    aborted: bool = False
+    stopped_accepting: bool = False
+    failure: str | None = None
+    inbox: bytes = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, message: dict[str, Any]) -> bool:
+        try:
+            self.channel.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            return False
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "state": self.state.value, "age": self.age}
+
+    def close(self) -> None:
+        self.channel.close()
+        self.heartbeat.close()
+
+
+@dataclass
+class Generation:
+    """The set of workers running one release."""
+
+    number: int
+    release: Release
+    size: int
+    state: GenerationState = GenerationState.BOOTING
+    workers: dict[int, WorkerProcess] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    promoted_at: float | None = None
+    drain_started_at: float | None = None
+    stopped_at: float | None = None
+    failure: str | None = None
+    crash_streak: int = 0
+    respawn_at: float = 0.0
+
+    def in_state(self, *states: WorkerState) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.state in states]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "generation": self.number,
+            "state": self.state.value,
+            "release": self.release.describe(),
+            "size": self.size,
+            "workers": [w.describe() for w in self.workers.values()],
+            "created_at": self.created_at,
+            "promoted_at": self.promoted_at,
+            "drain_started_at": self.drain_started_at,
+            "stopped_at": self.stopped_at,
+            "failure": self.failure,
+        }
+
+    def __str__(self) -> str:
+        return f"generation {self.number} ({self.release})"

@@ -1,0 +1,87 @@
+"""Starting a worker: fork and exec its release's interpreter.
+
+subprocess.Popen does the fork and exec in C, so no Python code (and no lock
+the arbiter might hold) runs in the child before the new interpreter starts.
+The worker gets its listening sockets, its heartbeat file and its status
+channel as inherited file descriptors, described in ``BEAMDEPLOY_WORKER``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from typing import Any
+
+from gunicorn.workers.workertmp import WorkerTmp
+
+from beamdeploy_asgi.arbiter.generation import Generation, WorkerProcess
+
+SPEC_ENV = "BEAMDEPLOY_WORKER"
+CONTROL_ENV = "BEAMDEPLOY_CONTROL"
+PROTOCOL = 1
+
+
+def spawn_worker(
+    *,
+    generation: Generation,
+    age: int,
+    cfg: Any,
+    argv: list[str],
+    cwd: str,
+    listeners: list[socket.socket],
+    control_path: str,
+) -> WorkerProcess:
+    release = generation.release
+    heartbeat = WorkerTmp(cfg)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        spec = {
+            "protocol": PROTOCOL,
+            "generation": generation.number,
+            "age": age,
+            "arbiter_pid": os.getpid(),
+            "release": release.describe(),
+            "from_environment": release.path is None,
+            "pythonpath": list(release.pythonpath),
+            "argv": argv,
+            "listeners": [sock.fileno() for sock in listeners],
+            "heartbeat_fd": heartbeat.fileno(),
+            "channel_fd": theirs.fileno(),
+        }
+        env = dict(os.environ)
+        env[SPEC_ENV] = json.dumps(spec)
+        env[CONTROL_ENV] = control_path
+        if release.path is not None:
+            venv = os.path.join(release.path, "venv")
+            env["VIRTUAL_ENV"] = venv
+            env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")
+        proc = subprocess.Popen(
+            [release.python, "-m", "beamdeploy_asgi.worker"],
+            pass_fds=[*spec["listeners"], heartbeat.fileno(), theirs.fileno()],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            **_owner(cfg),
+        )
+    except BaseException:
+        ours.close()
+        heartbeat.close()
+        raise
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return WorkerProcess(
+        generation=generation, age=age, proc=proc, channel=ours, heartbeat=heartbeat
+    )
+
+
+def _owner(cfg: Any) -> dict[str, Any]:
+    """gunicorn's user/group settings: workers drop privileges, the arbiter keeps them."""
+    owner: dict[str, Any] = {}
+    if cfg.uid != os.geteuid():
+        owner["user"] = cfg.uid
+    if cfg.gid != os.getegid():
+        owner["group"] = cfg.gid
+    return owner

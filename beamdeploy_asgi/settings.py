@@ -1,0 +1,189 @@
+"""beamdeploy's own settings, registered with gunicorn's configuration.
+
+Declaring them as gunicorn ``Setting`` classes makes each one a command-line
+flag of ``beamdeploy serve`` and a name a gunicorn config file may set, with
+the same validation and precedence as gunicorn's own settings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn import config as gconfig
+
+SECTION = "BeamDeploy"
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive number, not {value!r}")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, not {value!r}")
+    return number
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"must be an absolute URL path starting with '/', not {value!r}")
+    return value
+
+
+def _optional_pos_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive integer, not {value!r}")
+    return number
+
+
+def _choice(*choices: str) -> Any:
+    def validate(value: Any) -> str:
+        value = str(value).lower().strip()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return validate
+
+
+class Release(gconfig.Setting):
+    name = "release"
+    section = SECTION
+    cli = ["--release"]
+    meta = "DIR"
+    validator = gconfig.validate_string
+    default = None
+    desc = """\
+        Release directory the first generation boots from.
+
+        Without it the first generation runs the APP_MODULE given on the
+        command line from the serving environment itself.
+        """
+
+
+class StateDir(gconfig.Setting):
+    name = "state_dir"
+    section = SECTION
+    cli = ["--state-dir"]
+    meta = "DIR"
+    validator = gconfig.validate_string
+    default = None
+    desc = """\
+        Directory holding the control socket (and, later, the release store).
+
+        Defaults to ``$BEAMDEPLOY_STATE_DIR``, else ``.beamdeploy`` in the
+        working directory.
+        """
+
+
+class BootTimeout(gconfig.Setting):
+    name = "boot_timeout"
+    section = SECTION
+    cli = ["--boot-timeout"]
+    meta = "SECONDS"
+    validator = _positive_float
+    type = float
+    default = 60.0
+    desc = """\
+        How long every worker of a new generation has to report READY.
+        """
+
+
+class HealthPath(gconfig.Setting):
+    name = "health_path"
+    section = SECTION
+    cli = ["--health-path"]
+    meta = "PATH"
+    validator = _optional_path
+    default = None
+    desc = """\
+        Path each new worker requests in-process before it reports READY.
+
+        The worker only reports READY when the answer is 2xx.
+        """
+
+
+class DrainGrace(gconfig.Setting):
+    name = "drain_grace"
+    section = SECTION
+    cli = ["--drain-grace"]
+    meta = "SECONDS"
+    validator = _non_negative_float
+    type = float
+    default = 1.0
+    desc = """\
+        How long a draining worker keeps idle keep-alive connections open.
+
+        A request that arrives meanwhile is answered with ``Connection: close``,
+        so clients never see a connection closed under a request they just sent.
+        """
+
+
+class UvicornHTTP(gconfig.Setting):
+    name = "uvicorn_http"
+    section = SECTION
+    cli = ["--http"]
+    meta = "IMPL"
+    validator = _choice("auto", "h11", "httptools")
+    default = "auto"
+    desc = """\
+        uvicorn's HTTP implementation: auto, h11 or httptools.
+        """
+
+
+class UvicornWS(gconfig.Setting):
+    name = "uvicorn_ws"
+    section = SECTION
+    cli = ["--ws"]
+    meta = "IMPL"
+    validator = _choice("auto", "none", "websockets", "websockets-sansio", "wsproto")
+    default = "auto"
+    desc = """\
+        uvicorn's WebSocket implementation: auto, none, websockets,
+        websockets-sansio or wsproto.
+        """
+
+
+class ProxyHeaders(gconfig.Setting):
+    name = "proxy_headers"
+    section = SECTION
+    cli = ["--no-proxy-headers"]
+    action = "store_const"
+    const = False
+    validator = gconfig.validate_bool
+    default = True
+    desc = """\
+        Turn off uvicorn's X-Forwarded-Proto / X-Forwarded-For handling.
+
+        Which peers are trusted is gunicorn's ``forwarded_allow_ips``.
+        """
+
+
+class LimitConcurrency(gconfig.Setting):
+    name = "limit_concurrency"
+    section = SECTION
+    cli = ["--limit-concurrency"]
+    meta = "INT"
+    validator = _optional_pos_int
+    type = int
+    default = None
+    desc = """\
+        Maximum concurrent connections or tasks per worker before uvicorn
+        answers 503.
+        """
+
+
+def state_dir(cfg: Any) -> str:
+    """Where the control socket lives, resolved against the arbiter's cwd."""
+    chosen = cfg.state_dir or os.environ.get("BEAMDEPLOY_STATE_DIR") or ".beamdeploy"
+    return os.path.abspath(os.path.expanduser(chosen))

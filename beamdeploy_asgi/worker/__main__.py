@@ -1,0 +1,3 @@
+from beamdeploy_asgi.worker.main import main
+
+main()

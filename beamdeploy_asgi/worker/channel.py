@@ -1,0 +1,53 @@
+"""The worker's end of its status channel to the arbiter.
+
+Sends are blocking writes of one short JSON line. Reads happen in the event
+loop when the socket is readable. End of file means the arbiter is gone: only
+the arbiter holds the other end, so this is our parent-death signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+
+class Channel:
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.inbox = b""
+
+    def send(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}).encode() + b"\n"
+        try:
+            self.sock.sendall(line)
+        except OSError:
+            pass  # the arbiter is gone; on_lost handles that
+
+    def watch(
+        self,
+        on_command: Callable[[dict[str, Any]], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                loop.remove_reader(self.sock.fileno())
+                on_lost()
+                return
+            self.inbox += chunk
+            while b"\n" in self.inbox:
+                line, self.inbox = self.inbox.split(b"\n", 1)
+                try:
+                    on_command(json.loads(line))
+                except ValueError:
+                    continue
+
+        loop.add_reader(self.sock.fileno(), readable)

@@ -1,0 +1,37 @@
+"""Closing connections during a drain without clients seeing an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CLOSE = (b"connection", b"close")
+
+
+class ConnectionCloseWhenDraining:
+    """Give every response that starts after the drain began `Connection: close`.
+
+    The client then closes the connection itself after reading the response,
+    instead of sending its next request on a socket we are about to close.
+    """
+
+    def __init__(self, app: Any, runtime: Any) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        runtime = self.runtime
+
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start" and runtime.draining:
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, CLOSE]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
+def is_websocket(connection: Any) -> bool:
+    return type(connection).__module__.startswith("uvicorn.protocols.websockets")

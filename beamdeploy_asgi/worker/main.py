@@ -1,0 +1,207 @@
+"""Entry point of an exec'd worker: `python -m beamdeploy_asgi.worker`.
+
+The arbiter describes the worker in ``BEAMDEPLOY_WORKER`` (generation,
+release, inherited file descriptors, gunicorn arguments). The worker re-reads
+gunicorn's configuration in its own interpreter, imports the app from its own
+release, and runs a WorkerServer on the inherited listening sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import uvicorn
+from uvicorn.importer import import_from_string
+
+from beamdeploy_asgi.worker.channel import Channel
+from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
+from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
+from beamdeploy_asgi.worker.server import WorkerServer
+
+SPEC_ENV = "BEAMDEPLOY_WORKER"
+BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR
+APP_LOAD_ERROR = 4  # gunicorn's APP_LOAD_ERROR
+
+
+class WorkerRuntime:
+    """What the server, the drain middleware and the hooks share in a worker."""
+
+    def __init__(self, spec: dict[str, Any], channel: Channel) -> None:
+        self.spec = spec
+        self.channel = channel
+        self.pid = os.getpid()
+        self.age = spec["age"]
+        self.generation = spec["generation"]
+        self.release = spec["release"]
+        self.name = (
+            f"generation {self.generation} ({self.release['name']} "
+            f"{self.release['version']}) worker {self.pid}"
+        )
+        self.draining = False
+        self.cfg: Any = None
+        self.log: Any = None
+        self.heartbeat_task: asyncio.Task[None] | None = None
+        self.boot_deadline = 0.0
+
+    def load_config(self) -> None:
+        from beamdeploy_asgi.arbiter.application import BeamApplication
+
+        application = BeamApplication(self.spec["argv"])
+        self.cfg = application.cfg
+        self.log = self.cfg.logger_class(self.cfg)
+        self.health_path = self.cfg.health_path
+        self.graceful_timeout = float(self.cfg.graceful_timeout)
+        self.drain_grace = float(self.cfg.drain_grace)
+        self.timeout = float(self.cfg.timeout)
+
+    def hook(self, name: str) -> None:
+        """Run a worker-side gunicorn hook; there is no arbiter object here.
+
+        Hooks that gunicorn calls as ``(server, worker)`` get ``None`` for the
+        server, and this runtime (pid, age, generation, release, cfg, log) as
+        the worker.
+        """
+        hook = getattr(self.cfg, name)
+        try:
+            if name in ("post_fork", "worker_exit"):
+                hook(None, self)
+            else:
+                hook(self)
+        except Exception:
+            self.log.exception("%s hook failed", name)
+
+    def reopen_logs(self) -> None:
+        self.log.reopen_files()
+
+    def start_heartbeat(self) -> None:
+        fd = self.spec["heartbeat_fd"]
+        interval = min(1.0, self.timeout / 4) if self.timeout else 1.0
+
+        async def beat() -> None:
+            while True:
+                now = time.monotonic()
+                os.utime(fd, (now, now))
+                await asyncio.sleep(interval)
+
+        self.heartbeat_task = asyncio.ensure_future(beat())
+
+
+def main() -> None:
+    spec = json.loads(os.environ.pop(SPEC_ENV))
+    channel = Channel(spec["channel_fd"])
+    runtime = WorkerRuntime(spec, channel)
+    os.environ["BEAMDEPLOY_GENERATION"] = str(spec["generation"])
+    os.environ["BEAMDEPLOY_RELEASE_NAME"] = spec["release"]["name"]
+    os.environ["BEAMDEPLOY_RELEASE_VERSION"] = spec["release"]["version"]
+    try:
+        runtime.load_config()
+    except SystemExit:
+        channel.send("failed", phase="config", error="the gunicorn configuration did not load")
+        sys.exit(BOOT_ERROR)
+    for path in reversed(spec["pythonpath"]):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    configure_logging(runtime)
+    runtime.hook("post_fork")
+    runtime.boot_deadline = time.monotonic() + float(runtime.cfg.boot_timeout)
+    try:
+        server = build_server(runtime)
+    except BootFailure as failure:
+        report(runtime, failure)
+        sys.exit(APP_LOAD_ERROR)
+    sockets = [socket.socket(fileno=fd) for fd in spec["listeners"]]
+    signal.signal(signal.SIGABRT, lambda *_: abort(runtime))
+    try:
+        runtime.hook("post_worker_init")
+        server.run(sockets=sockets)
+    except BootFailure as failure:
+        report(runtime, failure)
+        sys.exit(BOOT_ERROR)
+    except StoppedBeforeServing:
+        runtime.log.info("%s: stopped before serving", runtime.name)
+    finally:
+        runtime.hook("worker_exit")
+
+
+def build_server(runtime: WorkerRuntime) -> WorkerServer:
+    app_spec = runtime.release["app"]
+    try:
+        app = import_from_string(app_spec)
+    except BaseException as exc:  # an import can raise anything, SystemExit included
+        raise BootFailure.from_exception("import", f"could not import {app_spec}", exc) from None
+    config = uvicorn.Config(app, **uvicorn_options(runtime.cfg))
+    try:
+        config.load()
+    except BaseException as exc:
+        raise BootFailure.from_exception("import", f"could not load {app_spec}", exc) from None
+    config.loaded_app = ConnectionCloseWhenDraining(config.loaded_app, runtime)
+    return WorkerServer(config, runtime)
+
+
+def uvicorn_options(cfg: Any) -> dict[str, Any]:
+    """gunicorn and beamdeploy settings, in uvicorn.Config's terms."""
+    forwarded = cfg.forwarded_allow_ips
+    options: dict[str, Any] = {
+        "http": cfg.uvicorn_http,
+        "ws": cfg.uvicorn_ws,
+        "loop": getattr(cfg, "asgi_loop", "auto"),
+        "lifespan": getattr(cfg, "asgi_lifespan", "auto"),
+        "proxy_headers": cfg.proxy_headers,
+        "forwarded_allow_ips": ",".join(forwarded) if isinstance(forwarded, list) else forwarded,
+        "root_path": getattr(cfg, "root_path", "") or "",
+        "timeout_keep_alive": cfg.keepalive,
+        "limit_concurrency": cfg.limit_concurrency,
+        "limit_max_requests": cfg.max_requests or None,
+        "limit_max_requests_jitter": cfg.max_requests_jitter,
+        "timeout_graceful_shutdown": cfg.graceful_timeout,
+        "backlog": cfg.backlog,
+        "log_config": None,
+        "access_log": bool(cfg.accesslog),
+    }
+    if cfg.is_ssl:
+        ssl = cfg.ssl_options
+        options.update(
+            ssl_keyfile=ssl.get("keyfile"),
+            ssl_certfile=ssl.get("certfile"),
+            ssl_version=ssl.get("ssl_version"),
+            ssl_cert_reqs=ssl.get("cert_reqs"),
+            ssl_ca_certs=ssl.get("ca_certs"),
+            ssl_ciphers=ssl.get("ciphers"),
+        )
+    accepted = inspect.signature(uvicorn.Config).parameters
+    return {k: v for k, v in options.items() if k in accepted and v is not None}
+
+
+def configure_logging(runtime: WorkerRuntime) -> None:
+    """uvicorn's loggers write through gunicorn's error and access logs."""
+    import logging
+
+    log = runtime.log
+    for name, source in (("uvicorn.error", log.error_log), ("uvicorn.access", log.access_log)):
+        logger = logging.getLogger(name)
+        logger.handlers = source.handlers
+        logger.setLevel(source.level)
+        logger.propagate = False
+
+
+def abort(runtime: WorkerRuntime) -> None:
+    """The arbiter saw no heartbeat for `timeout` seconds (gunicorn's WORKER TIMEOUT)."""
+    runtime.hook("worker_abort")
+    sys.exit(1)
+
+
+def report(runtime: WorkerRuntime, failure: BootFailure) -> None:
+    runtime.log.error("%s: %s failed: %s", runtime.name, failure.phase, failure.message)
+    if failure.traceback:
+        sys.stderr.write(failure.traceback + "\n")
+    runtime.channel.send(
+        "failed", phase=failure.phase, error=failure.message, traceback=failure.traceback
+    )
