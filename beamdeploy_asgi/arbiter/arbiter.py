@@ -682,10 +682,9 @@ class BeamArbiter(Arbiter):
             return
 
         def forward(event: dict[str, Any]) -> None:
+            conn.send({"event": event})
             if deployment.ended:
                 conn.reply(deployment.describe())
-            else:
-                conn.send({"event": event})
 
         deployment.listeners.append(forward)
 

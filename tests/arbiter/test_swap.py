@@ -1,0 +1,57 @@
+"""Blue-green swaps under continuous load: no request may fail."""
+
+from __future__ import annotations
+
+import json
+
+import beamdeploy_asgi
+from tests.support.load import Load
+from tests.support.server import alive
+
+
+def test_v1_v2_v3_swaps_under_load_lose_nothing(serve, releases):
+    v1, v2, v3 = releases["v1"], releases["v2"], releases["v3"]
+    server = serve("--workers", "2", "--release", str(v1))
+    first_pids = server.serving_pids()
+
+    with Load(server.url, keepalive_clients=6, close_clients=3, max_seconds=90) as load:
+        load.wait_requests(200)
+        upgrade = server.cli("upgrade", str(v2))
+        assert upgrade.returncode == 0, upgrade.stderr
+        for phase in ("booting", "promoting", "promoted", "draining", "done"):
+            assert f" {phase} " in upgrade.stdout, upgrade.stdout
+        load.wait_requests(300)
+        second_pids = server.serving_pids()
+        deployment = beamdeploy_asgi.upgrade(v3, state_dir=server.state_dir)
+        assert deployment["outcome"] == "succeeded"
+        assert deployment["to"]["version"] == "v3"
+        load.wait_requests(300)
+    result = load.result
+
+    assert result.failures == []
+    # Old and new answer side by side only while the old generation drains.
+    assert list(dict.fromkeys(result.sequence)) == ["v1", "v2", "v3"]
+    assert result.sequence[-1] == "v3"
+    assert result.rate >= 100, f"only {result.rate:.0f} requests/s"
+    status = server.wait_for(lambda s: not s["draining"])
+    assert status["serving"]["release"]["version"] == "v3"
+    assert len(status["serving"]["workers"]) == 2
+    old = first_pids + second_pids
+    assert not [pid for pid in old if alive(pid)], "an old generation's process is left"
+    after = Load(server.url, max_requests=200, max_seconds=30).run()
+    assert after.failures == [] and set(after.bodies) == {"v3"}
+
+
+def test_status_json_describes_generations(serve, releases):
+    server = serve("--workers", "2", "--release", str(releases["v1"]))
+    shown = server.cli("status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    serving = status["serving"]
+    assert serving["state"] == "serving"
+    assert serving["release"]["version"] == "v1"
+    assert [w["state"] for w in serving["workers"]] == ["serving", "serving"]
+    assert status["upgrading"] is False
+    assert status["deployments"][0]["kind"] == "boot"
+    human = server.cli("status")
+    assert "serving: generation 1, demo v1" in human.stdout

@@ -1,0 +1,90 @@
+"""Real release directories for tests: app source plus a real uv-built venv."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from uv import find_uv_bin
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def uv(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run([find_uv_bin(), *args], check=True, cwd=cwd, capture_output=True)
+
+
+def build_wheel(outdir: Path) -> Path:
+    """Build beamdeploy-asgi once per test run; releases install this wheel."""
+    uv("build", "--wheel", "--out-dir", str(outdir), str(REPO))
+    (wheel,) = outdir.glob("beamdeploy_asgi-*.whl")
+    return wheel
+
+
+class ReleaseFactory:
+    def __init__(self, root: Path, wheel: Path) -> None:
+        self.root = root
+        self.wheel = wheel
+        self.cache_warm = False
+
+    def make(
+        self,
+        version: str,
+        app_source: str,
+        *,
+        name: str = "demo",
+        app: str = "main:app",
+        manifest_extra: dict | None = None,
+    ) -> Path:
+        """A release dir whose venv is a fresh uv venv with the test wheel installed."""
+        release = self.root / f"{name}-{version}"
+        (release / "app").mkdir(parents=True)
+        (release / "app" / "main.py").write_text(textwrap.dedent(app_source))
+        manifest = {"name": name, "version": version, "app": app, "pythonpath": ["app"]}
+        manifest.update(manifest_extra or {})
+        (release / "beamdeploy-release.json").write_text(json.dumps(manifest))
+        venv = release / "venv"
+        uv("venv", "--python", sys.executable, str(venv))
+        # The first release fills uv's cache; the others install from it.
+        offline = ["--offline"] if self.cache_warm else []
+        uv("pip", "install", *offline, "--python", str(venv / "bin" / "python"),
+           str(self.wheel), "httptools", "websockets")
+        self.cache_warm = True
+        return release
+
+
+def versioned_app(version: str, extra: str = "") -> str:
+    """A Starlette app that answers its version, generation and pid."""
+    return f'''
+import asyncio, os
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse, JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+VERSION = "{version}"
+
+async def home(request):
+    return PlainTextResponse(f"{{VERSION}} gen={{os.environ['BEAMDEPLOY_GENERATION']}} pid={{os.getpid()}}")
+
+async def slow(request):
+    await asyncio.sleep(float(request.query_params.get("s", "2")))
+    return PlainTextResponse(f"slow {{VERSION}}")
+
+async def health(request):
+    return JSONResponse({{"ok": True}})
+
+async def ws(websocket):
+    await websocket.accept()
+    await websocket.send_text(VERSION)
+    while True:
+        await websocket.receive_text()
+
+{extra}
+
+app = Starlette(routes=[Route("/", home), Route("/slow", slow), Route("/healthz", health),
+                        WebSocketRoute("/ws", ws)])
+'''
+

@@ -1,0 +1,133 @@
+"""Running a real arbiter for a test, and always stopping it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from beamdeploy_asgi import status as api_status
+from beamdeploy_asgi.errors import ControlError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """True for a running process (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class ServerProcess:
+    """`beamdeploy serve` (or plain gunicorn) on 127.0.0.1:<free port>."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        args: list[str],
+        *,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.state_dir = workdir / "state"
+        self.log_path = workdir / "server.log"
+        base = command or [sys.executable, "-m", "beamdeploy_asgi", "serve"]
+        self.command = [*base, "--bind", f"127.0.0.1:{self.port}",
+                        "--state-dir", str(self.state_dir), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop("BEAMDEPLOY_CONTROL", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen_pids: set[int] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0, expect_serving: bool = True) -> ServerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        if expect_serving:
+            self.wait_for(lambda s: s["serving"] is not None and not s["upgrading"], timeout)
+        return self
+
+    def status(self) -> dict[str, Any]:
+        status = api_status(state_dir=self.state_dir)
+        for gen in [status["serving"], *status["booting"], *status["draining"]]:
+            if gen:
+                self.seen_pids.update(w["pid"] for w in gen["workers"])
+        return status
+
+    def wait_for(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"arbiter exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                last = self.status()
+            except ControlError as exc:
+                last = exc
+            else:
+                if predicate(last):
+                    return last
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met within {timeout}s; last status {last}\n{self.log()}")
+
+    def serving_pids(self) -> list[int]:
+        return [w["pid"] for w in self.status()["serving"]["workers"]]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "beamdeploy_asgi", *args, "--state-dir", str(self.state_dir)],
+            capture_output=True, text=True, timeout=timeout, env=self.env,
+        )
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM, then SIGKILL of the whole session: nothing outlives a test."""
+        if self.proc is None:
+            return None
+        try:
+            self.status()
+        except (ControlError, OSError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for pid in self.seen_pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        return self.proc.returncode
