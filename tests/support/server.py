@@ -45,10 +45,13 @@ class ServerProcess:
         self.port = free_port()
         self.state_dir = workdir / "state"
         self.log_path = workdir / "server.log"
-        base = command or [sys.executable, "-m", "beamdeploy_asgi", "serve"]
-        self.command = [*base, "--bind", f"127.0.0.1:{self.port}",
-                        "--state-dir", str(self.state_dir), *args]
         self.env = {**os.environ, **(env or {})}
+        if command is None:
+            command = [sys.executable, "-m", "beamdeploy_asgi", "serve",
+                       "--state-dir", str(self.state_dir)]
+        else:  # plain gunicorn does not know beamdeploy's flags
+            self.env["BEAMDEPLOY_STATE_DIR"] = str(self.state_dir)
+        self.command = [*command, "--bind", f"127.0.0.1:{self.port}", *args]
         self.env.pop("BEAMDEPLOY_CONTROL", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
