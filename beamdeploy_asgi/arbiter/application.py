@@ -37,6 +37,8 @@ class BeamApplication(Application):
         global RUNNING
         RUNNING = True
         self.argv = list(argv)
+        # Workers start here and apply chdir themselves, like the arbiter did.
+        self.launch_cwd = os.getcwd()
         self.app_uri: str | None = None
         self.release: Release | None = None
         super().__init__(usage="%(prog)s [OPTIONS] [APP_MODULE]", prog=prog)

@@ -275,7 +275,7 @@ class BeamArbiter(Arbiter):
                 age=self.worker_age,
                 cfg=self.cfg,
                 argv=self.app.argv,
-                cwd=self.START_CTX["cwd"],
+                cwd=self.app.launch_cwd,
                 listeners=self.LISTENERS,
                 control_path=self.control_path,
             )

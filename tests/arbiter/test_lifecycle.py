@@ -1,0 +1,160 @@
+"""The arbiter's life: signals, heartbeats, its own death, the serving environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.load import Load
+from tests.support.releases import versioned_app
+from tests.support.server import alive, free_port
+
+
+def test_workers_do_not_outlive_a_killed_arbiter(serve, releases):
+    server = serve("--workers", "2", "--release", str(releases["v1"]))
+    workers = server.serving_pids()
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    deadline = time.monotonic() + 15
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "orphaned workers"
+
+
+def test_silent_worker_is_aborted_and_replaced(serve, releases):
+    blocking = versioned_app("blocks").replace(
+        "app = Starlette(routes=[",
+        """
+import time
+
+async def block(request):
+    time.sleep(30)  # blocks the event loop: no heartbeat
+
+app = Starlette(routes=[Route("/block", block), """,
+    )
+    server = serve("--workers", "1", "--timeout", "2", "--release",
+                   str(releases.custom("blocks", blocking)))
+    (victim,) = server.serving_pids()
+    def request_that_blocks() -> None:
+        try:
+            httpx.get(server.url + "/block", timeout=40)
+        except httpx.HTTPError:
+            pass  # the worker is killed under it, as it should be
+
+    threading.Thread(target=request_that_blocks, daemon=True).start()
+    status = server.wait_for(
+        lambda s: s["serving"]["workers"] and s["serving"]["workers"][0]["pid"] != victim
+        and s["serving"]["workers"][0]["state"] == "serving",
+        timeout=20,
+    )
+    assert "WORKER TIMEOUT (pid:%s)" % victim in server.log()
+    assert status["serving"]["generation"] == 1
+    assert httpx.get(server.url).text.startswith("blocks")
+
+
+def test_hup_restarts_the_serving_release_blue_green(serve, releases):
+    server = serve("--workers", "2", "--release", str(releases["v1"]))
+    old = server.serving_pids()
+    with Load(server.url, keepalive_clients=4, close_clients=2, max_seconds=60) as load:
+        load.wait_requests(100)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        status = server.wait_for(lambda s: s["serving"]["generation"] == 2 and not s["upgrading"])
+        load.wait_requests(100)
+    assert load.result.failures == []
+    assert status["serving"]["release"]["version"] == "v1"
+    assert status["deployments"][0]["kind"] == "restart"
+    assert not set(old) & set(server.serving_pids())
+
+
+def test_ttin_and_ttou_resize_the_serving_generation(serve, releases):
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    os.kill(server.proc.pid, signal.SIGTTIN)
+    server.wait_for(lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"] * 2)
+    os.kill(server.proc.pid, signal.SIGTTOU)
+    server.wait_for(lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"])
+
+
+def test_serving_environment_then_upgrade_to_a_release(serve, releases):
+    server = serve("--workers", "1", "--chdir", "src", "--pythonpath", "../lib", "main:app",
+                   launch=False)
+    (server.workdir / "src").mkdir(parents=True)
+    (server.workdir / "lib").mkdir()
+    (server.workdir / "lib" / "helper.py").write_text("LABEL = 'local'\n")
+    (server.workdir / "src" / "main.py").write_text(
+        versioned_app("local").replace('VERSION = "local"', "from helper import LABEL as VERSION")
+    )
+    server.start()
+    assert httpx.get(server.url).text.startswith("local gen=1")
+    status = server.status()
+    assert status["serving"]["release"]["path"] is None
+    upgrade = server.cli("upgrade", str(releases["v2"]))
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert httpx.get(server.url).text.startswith("v2 gen=2")
+
+
+def test_sigterm_drains_and_exits_cleanly(serve, releases):
+    server = serve("--workers", "2", "--release", str(releases["v1"]))
+    workers = server.serving_pids()
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(
+        target=lambda: answers.append(httpx.get(server.url + "/slow?s=2", timeout=30))
+    )
+    slow.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    slow.join(10)
+    assert answers and answers[0].text == "slow v1"
+    assert not [pid for pid in workers if alive(pid)]
+    assert not (server.state_dir / "control.sock").exists()
+
+
+def test_api_is_inert_under_plain_uvicorn(tmp_path: Path):
+    (tmp_path / "inert.py").write_text(
+        """
+import beamdeploy_asgi
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def home(request):
+    errors = []
+    for call in (beamdeploy_asgi.status, beamdeploy_asgi.current_release,
+                 beamdeploy_asgi.upgrading, lambda: beamdeploy_asgi.upgrade("/tmp/x")):
+        try:
+            call()
+        except beamdeploy_asgi.NotEnabledError as exc:
+            errors.append(str(exc))
+    return JSONResponse({"enabled": beamdeploy_asgi.enabled(), "errors": errors})
+
+app = Starlette(routes=[Route("/", home)])
+"""
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMDEPLOY")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "inert:app", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = None
+        for _ in range(100):
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/").json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert body is not None
+        assert body["enabled"] is False
+        assert len(body["errors"]) == 4
+        assert all("not running under beamdeploy" in e for e in body["errors"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
