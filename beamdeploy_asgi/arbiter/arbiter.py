@@ -344,6 +344,9 @@ class BeamArbiter(Arbiter):
             )
             if message.get("traceback"):
                 worker.failure = f"{cause}\n{message['traceback']}"
+            # It exits by itself after reporting; only hold it to a deadline.
+            worker.state = WorkerState.STOPPING
+            worker.deadline = time.monotonic() + STOP_TIMEOUT
             self.worker_failed(generation, worker, worker.failure)
 
     def worker_failed(
@@ -405,13 +408,14 @@ class BeamArbiter(Arbiter):
         log("%s: worker %s %s (was %s)", generation, worker.pid, how, worker.state.value)
         self.cfg.child_exit(self, worker)
 
-        if worker.state in (WorkerState.BOOTING, WorkerState.READY):
-            cause = worker.failure or f"worker {worker.pid} {how} before it was ready"
-            if generation is self.serving:
-                self._count_crash(generation, worker)
-            self.worker_failed(generation, worker, cause)
-        elif worker.state is WorkerState.SERVING and generation is self.serving:
+        unexpected = worker.state in (WorkerState.BOOTING, WorkerState.READY)
+        if generation is self.serving and (
+            unexpected or worker.state is WorkerState.SERVING or worker.failure
+        ):
             self._count_crash(generation, worker)
+        if unexpected:
+            cause = worker.failure or f"worker {worker.pid} {how} before it was ready"
+            self.worker_failed(generation, worker, cause)
 
         if not generation.workers:
             self.generation_emptied(generation)
@@ -623,7 +627,8 @@ class BeamArbiter(Arbiter):
         self.generation_emptied(deployment.target)
         self.deployment = None
         if self.serving is None and not self.stopping:
-            raise HaltServer(f"the first generation failed to boot: {deployment.error}", 3)
+            cause = (deployment.error or "unknown cause").splitlines()[0]
+            raise HaltServer(f"the first generation failed to boot: {cause}", 3)
 
     # -- control requests -------------------------------------------------
 
