@@ -71,8 +71,14 @@ BROKEN = [
 
 def test_broken_releases_fail_and_v1_keeps_serving(serve, releases):
     server = serve(
-        "--workers", "2", "--release", str(releases["v1"]),
-        "--health-path", "/healthz", "--boot-timeout", "4",
+        "--workers",
+        "2",
+        "--release",
+        str(releases["v1"]),
+        "--health-path",
+        "/healthz",
+        "--boot-timeout",
+        "4",
     )
     v1_pids = server.serving_pids()
     with Load(server.url, keepalive_clients=4, close_clients=2, max_seconds=120) as load:
@@ -109,8 +115,9 @@ def failed_worker_pids(log: str, version: str) -> set[int]:
 def test_python_api_raises_with_the_cause(serve, releases):
     server = serve("--workers", "1", "--release", str(releases["v1"]))
     with pytest.raises(DeploymentFailed) as failure:
-        beamdeploy_asgi.upgrade(releases.custom("import-error", IMPORT_ERROR),
-                                state_dir=server.state_dir)
+        beamdeploy_asgi.upgrade(
+            releases.custom("import-error", IMPORT_ERROR), state_dir=server.state_dir
+        )
     deployment = failure.value.deployment
     assert deployment["outcome"] == "failed"
     assert "boom at import time" in deployment["error"]
@@ -125,9 +132,11 @@ def test_sigkill_of_a_serving_worker_is_replaced_in_its_generation(serve, releas
         load.wait_requests(50)
         os.kill(victim, signal.SIGKILL)
         status = server.wait_for(
-            lambda s: len(s["serving"]["workers"]) == 2
-            and victim not in [w["pid"] for w in s["serving"]["workers"]]
-            and all(w["state"] == "serving" for w in s["serving"]["workers"])
+            lambda s: (
+                len(s["serving"]["workers"]) == 2
+                and victim not in [w["pid"] for w in s["serving"]["workers"]]
+                and all(w["state"] == "serving" for w in s["serving"]["workers"])
+            )
         )
         load.wait_requests(50)
     assert status["serving"]["generation"] == before["generation"]

@@ -19,7 +19,9 @@ workers = 2
 """
 
 
-@pytest.mark.parametrize("worker_class", ["beamdeploy_asgi.Worker", "egg:beamdeploy-asgi#beamdeploy"])
+@pytest.mark.parametrize(
+    "worker_class", ["beamdeploy_asgi.Worker", "egg:beamdeploy-asgi#beamdeploy"]
+)
 def test_plain_gunicorn_swaps_under_load(serve, releases, tmp_path: Path, worker_class: str):
     config = tmp_path / "gunicorn.conf.py"
     config.write_text(CONFIG + f'release = "{releases["v1"]}"\n')
@@ -47,16 +49,41 @@ def test_refused_options_say_why(tmp_path: Path):
     }
     for flag, name in cases.items():
         done = subprocess.run(
-            [sys.executable, "-m", "beamdeploy_asgi", "serve", flag, "--bind", "127.0.0.1:0",
-             "--state-dir", str(tmp_path / "state"), "app:app"],
-            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "beamdeploy_asgi",
+                "serve",
+                flag,
+                "--bind",
+                "127.0.0.1:0",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "app:app",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
         )
         assert done.returncode == 1
         assert f"unsupported option {name}" in done.stderr, done.stderr
     done = subprocess.run(
-        [sys.executable, "-m", "beamdeploy_asgi", "serve", "-k", "uvicorn_worker.UvicornWorker",
-         "--bind", "127.0.0.1:0", "app:app"],
-        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "beamdeploy_asgi",
+            "serve",
+            "-k",
+            "uvicorn_worker.UvicornWorker",
+            "--bind",
+            "127.0.0.1:0",
+            "app:app",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
     )
     assert done.returncode == 1 and "beamdeploy runs its own uvicorn workers" in done.stderr
 

@@ -39,9 +39,11 @@ async def block(request):
 
 app = Starlette(routes=[Route("/block", block), """,
     )
-    server = serve("--workers", "1", "--timeout", "2", "--release",
-                   str(releases.custom("blocks", blocking)))
+    server = serve(
+        "--workers", "1", "--timeout", "2", "--release", str(releases.custom("blocks", blocking))
+    )
     (victim,) = server.serving_pids()
+
     def request_that_blocks() -> None:
         try:
             httpx.get(server.url + "/block", timeout=40)
@@ -50,11 +52,14 @@ app = Starlette(routes=[Route("/block", block), """,
 
     threading.Thread(target=request_that_blocks, daemon=True).start()
     status = server.wait_for(
-        lambda s: s["serving"]["workers"] and s["serving"]["workers"][0]["pid"] != victim
-        and s["serving"]["workers"][0]["state"] == "serving",
+        lambda s: (
+            s["serving"]["workers"]
+            and s["serving"]["workers"][0]["pid"] != victim
+            and s["serving"]["workers"][0]["state"] == "serving"
+        ),
         timeout=20,
     )
-    assert "WORKER TIMEOUT (pid:%s)" % victim in server.log()
+    assert f"WORKER TIMEOUT (pid:{victim})" in server.log()
     assert status["serving"]["generation"] == 1
     assert httpx.get(server.url).text.startswith("blocks")
 
@@ -82,8 +87,9 @@ def test_ttin_and_ttou_resize_the_serving_generation(serve, releases):
 
 
 def test_serving_environment_then_upgrade_to_a_release(serve, releases):
-    server = serve("--workers", "1", "--chdir", "src", "--pythonpath", "../lib", "main:app",
-                   launch=False)
+    server = serve(
+        "--workers", "1", "--chdir", "src", "--pythonpath", "../lib", "main:app", launch=False
+    )
     (server.workdir / "src").mkdir(parents=True)
     (server.workdir / "lib").mkdir()
     (server.workdir / "lib" / "helper.py").write_text("LABEL = 'local'\n")
@@ -141,7 +147,10 @@ app = Starlette(routes=[Route("/", home)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMDEPLOY")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "inert:app", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         body = None

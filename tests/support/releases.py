@@ -50,8 +50,16 @@ class ReleaseFactory:
         uv("venv", "--python", sys.executable, str(venv))
         # The first release fills uv's cache; the others install from it.
         offline = ["--offline"] if self.cache_warm else []
-        uv("pip", "install", *offline, "--python", str(venv / "bin" / "python"),
-           str(self.wheel), "httptools", "websockets")
+        uv(
+            "pip",
+            "install",
+            *offline,
+            "--python",
+            str(venv / "bin" / "python"),
+            str(self.wheel),
+            "httptools",
+            "websockets",
+        )
         self.cache_warm = True
         return release
 
@@ -67,7 +75,8 @@ from starlette.routing import Route, WebSocketRoute
 VERSION = "{version}"
 
 async def home(request):
-    return PlainTextResponse(f"{{VERSION}} gen={{os.environ['BEAMDEPLOY_GENERATION']}} pid={{os.getpid()}}")
+    generation = os.environ["BEAMDEPLOY_GENERATION"]
+    return PlainTextResponse(f"{{VERSION}} gen={{generation}} pid={{os.getpid()}}")
 
 async def slow(request):
     await asyncio.sleep(float(request.query_params.get("s", "2")))
@@ -87,4 +96,3 @@ async def ws(websocket):
 app = Starlette(routes=[Route("/", home), Route("/slow", slow), Route("/healthz", health),
                         WebSocketRoute("/ws", ws)])
 '''
-

@@ -47,8 +47,14 @@ class ServerProcess:
         self.log_path = workdir / "server.log"
         self.env = {**os.environ, **(env or {})}
         if command is None:
-            command = [sys.executable, "-m", "beamdeploy_asgi", "serve",
-                       "--state-dir", str(self.state_dir)]
+            command = [
+                sys.executable,
+                "-m",
+                "beamdeploy_asgi",
+                "serve",
+                "--state-dir",
+                str(self.state_dir),
+            ]
         else:  # plain gunicorn does not know beamdeploy's flags
             self.env["BEAMDEPLOY_STATE_DIR"] = str(self.state_dir)
         self.command = [*command, "--bind", f"127.0.0.1:{self.port}", *args]
@@ -64,8 +70,13 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            self.command,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         if expect_serving:
@@ -94,7 +105,9 @@ class ServerProcess:
                 if predicate(last):
                     return last
             time.sleep(0.05)
-        raise AssertionError(f"condition not met within {timeout}s; last status {last}\n{self.log()}")
+        raise AssertionError(
+            f"condition not met within {timeout}s; last status {last}\n{self.log()}"
+        )
 
     def serving_pids(self) -> list[int]:
         return [w["pid"] for w in self.status()["serving"]["workers"]]
@@ -102,7 +115,10 @@ class ServerProcess:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "beamdeploy_asgi", *args, "--state-dir", str(self.state_dir)],
-            capture_output=True, text=True, timeout=timeout, env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
         )
 
     def log(self) -> str:

@@ -36,8 +36,13 @@ def raw_get(sock: socket.socket) -> tuple[str, str]:
     while b"\r\n\r\n" not in data:
         data += sock.recv(4096)
     head, body = data.split(b"\r\n\r\n", 1)
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
     while len(body) < length:
         body += sock.recv(4096)
     return head.decode().lower(), body.decode()
@@ -67,9 +72,7 @@ def test_idle_keepalive_connection_gets_connection_close_then_is_closed(serve, r
 
 
 def test_websocket_is_closed_with_1012_at_the_drain_deadline(serve, releases):
-    server = serve(
-        "--workers", "1", "--release", str(releases["v1"]), "--graceful-timeout", "3"
-    )
+    server = serve("--workers", "1", "--release", str(releases["v1"]), "--graceful-timeout", "3")
     ws_url = server.url.replace("http", "ws") + "/ws"
     with websockets.sync.client.connect(ws_url) as ws:
         assert ws.recv(timeout=5) == "v1"
@@ -90,8 +93,9 @@ def test_websocket_is_closed_with_1012_at_the_drain_deadline(serve, releases):
 def test_max_requests_recycles_workers_without_errors(serve, releases):
     server = serve("--workers", "2", "--release", str(releases["v1"]), "--max-requests", "150")
     first = set(server.serving_pids())
-    load = Load(server.url, keepalive_clients=4, close_clients=2, max_requests=1200,
-                max_seconds=60).run()
+    load = Load(
+        server.url, keepalive_clients=4, close_clients=2, max_requests=1200, max_seconds=60
+    ).run()
     assert load.failures == []
     assert load.ok >= 1200
     status = server.wait_for(lambda s: len(s["serving"]["workers"]) == 2)

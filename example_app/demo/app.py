@@ -1,0 +1,59 @@
+"""The demo service: a page that shows which release and worker answered."""
+
+from __future__ import annotations
+
+import html
+import os
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+import beamdeploy_asgi
+
+PAGE = """<!doctype html>
+<html><head><title>beamdeploy demo {version}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 3rem; background: {color}; }}
+main {{ background: white; padding: 2rem; border-radius: 1rem; max-width: 40rem; }}
+code {{ background: #eee; padding: 0 .3rem; }}
+</style></head>
+<body><main>
+<h1>Release {version}</h1>
+<p>generation <b>{generation}</b>, worker pid <b>{pid}</b></p>
+<p>{status}</p>
+<p>Ship a new version from another terminal:
+<code>cd example_app &amp;&amp; ./deploy.sh 1.1.0</code>, then reload this page.</p>
+</main></body></html>
+"""
+
+COLORS = ["#cde8ff", "#d7f5d0", "#ffe7c2", "#f3d6f5", "#fff6b8"]
+
+
+def whoami() -> dict[str, str]:
+    return {
+        "version": os.environ.get("BEAMDEPLOY_RELEASE_VERSION", "not deployed"),
+        "generation": os.environ.get("BEAMDEPLOY_GENERATION", "-"),
+        "pid": str(os.getpid()),
+    }
+
+
+async def home(request: Request) -> HTMLResponse:
+    me = whoami()
+    if beamdeploy_asgi.enabled():
+        status = await run_in_threadpool(beamdeploy_asgi.status)
+        workers = len(status["serving"]["workers"])
+        summary = f"{workers} workers serve; {len(status['draining'])} generations draining"
+    else:
+        summary = "not running under beamdeploy"
+    color = COLORS[sum(map(ord, me["version"])) % len(COLORS)]
+    return HTMLResponse(PAGE.format(color=color, status=html.escape(summary), **me))
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True, **whoami()})
+
+
+app = Starlette(routes=[Route("/", home), Route("/healthz", health)])
