@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
-.venv/bin/uv pip install --quiet --python .venv/bin/python -e '.[test]'
+.venv/bin/uv pip install --quiet --python .venv/bin/python -e '.[test,bench]'
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

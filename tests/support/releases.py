@@ -75,7 +75,7 @@ from starlette.routing import Route, WebSocketRoute
 VERSION = "{version}"
 
 async def home(request):
-    generation = os.environ["BEAMDEPLOY_GENERATION"]
+    generation = os.environ.get("BEAMDEPLOY_GENERATION", "-")
     return PlainTextResponse(f"{{VERSION}} gen={{generation}} pid={{os.getpid()}}")
 
 async def slow(request):
