@@ -102,6 +102,8 @@ class BeamApplication(Application):
             found.append(
                 "reload: workers run from releases; ship code changes with `beamdeploy upgrade`"
             )
+        if cfg.workers < 1:
+            found.append("workers: a generation needs at least one worker")
         if cfg.paste:
             found.append("paste: beamdeploy serves ASGI apps named as module:attribute")
         if getattr(cfg, "dirty_workers", 0):

@@ -108,12 +108,17 @@ class BeamArbiter(Arbiter):
                     f"another beamdeploy arbiter already runs with state dir {self.state_dir}", 1
                 )
         owner = self.cfg.uid if self.cfg.uid != os.geteuid() else None
-        self.control = ControlServer(self.control_path, self.selector, self.handle_control, owner)
+        try:
+            self.control = ControlServer(
+                self.control_path, self.selector, self.handle_control, owner
+            )
+        except OSError as exc:
+            raise HaltServer(f"cannot listen on {self.control_path}: {exc}", 1) from None
         self.log.info("Control socket: %s", self.control_path)
 
     def run(self) -> None:
-        self.start()
         try:
+            self.start()
             self.start_deployment("boot", self.app.release)
             while True:
                 self.loop_once()

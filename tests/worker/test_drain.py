@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import pytest
 import websockets.sync.client
 from websockets.exceptions import ConnectionClosed
 
@@ -48,8 +49,11 @@ def raw_get(sock: socket.socket) -> tuple[str, str]:
     return head.decode().lower(), body.decode()
 
 
-def test_idle_keepalive_connection_gets_connection_close_then_is_closed(serve, releases):
-    server = serve("--workers", "1", "--release", str(releases["v1"]), "--drain-grace", "3")
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_idle_keepalive_connection_gets_connection_close_then_is_closed(serve, releases, http):
+    server = serve(
+        "--workers", "1", "--release", str(releases["v1"]), "--drain-grace", "3", "--http", http
+    )
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.settimeout(10)
     head, body = raw_get(sock)
