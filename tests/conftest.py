@@ -53,3 +53,6 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+        # Shown by pytest only when the test failed.
+        print(f"--- {server.log_path} (last 60 lines) ---")
+        print("\n".join(server.log().splitlines()[-60:]))

@@ -154,10 +154,14 @@ class BeamArbiter(Arbiter):
             self.deployment.finish(
                 "failed", "arbiter shutting down", "the arbiter is shutting down"
             )
-        sig = signal.SIGTERM if graceful else signal.SIGQUIT
         limit = time.monotonic() + (self.cfg.graceful_timeout + KILL_MARGIN if graceful else 2.0)
         for worker in self.all_workers():
-            self._signal(worker, sig)
+            if not graceful:
+                self._signal(worker, signal.SIGQUIT)
+            elif worker.state is WorkerState.SERVING:
+                self._begin_drain(worker)
+            elif worker.state is not WorkerState.DRAINING:
+                self._stop_unserved(worker)
         while self.all_workers() and time.monotonic() < limit:
             try:
                 pending = self.SIG_QUEUE.get_nowait()

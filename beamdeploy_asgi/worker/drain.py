@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
+import termios
 from typing import Any
 
 CLOSE = (b"connection", b"close")
@@ -35,3 +38,21 @@ class ConnectionCloseWhenDraining:
 
 def is_websocket(connection: Any) -> bool:
     return type(connection).__module__.startswith("uvicorn.protocols.websockets")
+
+
+def unread_bytes(connection: Any) -> int:
+    """Bytes the client sent that the server has not read yet.
+
+    Closing a socket with unread data makes the kernel answer with a reset,
+    which the client sees as an error on the request it just sent.
+    """
+    transport = getattr(connection, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.fileno() < 0:
+        return 0
+    pending = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, pending)
+    except OSError:
+        return 0
+    return pending[0]

@@ -22,11 +22,12 @@ from typing import Any
 
 import uvicorn
 
-from beamdeploy_asgi.worker.drain import is_websocket
+from beamdeploy_asgi.worker.drain import is_websocket, unread_bytes
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
 from beamdeploy_asgi.worker.health import check_health
 
 POLL = 0.05
+ACCEPTED_SETTLE = 0.1
 
 
 class ErrorCapture(logging.Handler):
@@ -166,6 +167,9 @@ class WorkerServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         deadline = loop.time() + runtime.graceful_timeout
+        # A connection accepted just before the close becomes a protocol
+        # instance a few loop iterations later; wait for it to be counted.
+        await asyncio.sleep(ACCEPTED_SETTLE)
         connections = self.server_state.connections
         runtime.log.info("%s: draining %s connections", runtime.name, len(connections))
 
@@ -179,7 +183,10 @@ class WorkerServer(uvicorn.Server):
             while http() and loop.time() < grace_end and not self.force_exit:
                 await asyncio.sleep(POLL)
             for connection in http():
-                connection.shutdown()
+                if not unread_bytes(connection):
+                    # A connection with a request waiting in its socket is
+                    # left to answer it; that answer closes the connection.
+                    connection.shutdown()
             while http() and loop.time() < deadline and not self.force_exit:
                 await asyncio.sleep(POLL)
             while connections and loop.time() < deadline and not self.force_exit:

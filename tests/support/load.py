@@ -107,7 +107,9 @@ class Load:
                 try:
                     response = await client.get(self.url)
                 except httpx.HTTPError as exc:
-                    result.failures.append(f"{type(exc).__name__}: {exc}")
+                    at = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
+                    kind = "keep-alive" if client.headers.get("connection") != "close" else "close"
+                    result.failures.append(f"{at} {kind} {type(exc).__name__}: {exc}")
                     continue
                 if response.status_code != 200:
                     result.failures.append(f"HTTP {response.status_code}: {response.text[:100]}")
