@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import beamdeploy_asgi
 from tests.support.load import Load
 from tests.support.server import alive
 
 
+def listening_inodes(port: int) -> list[int]:
+    """Inodes of the sockets listening on 127.0.0.1:port, from /proc/net/tcp."""
+    found = []
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+                found.append(int(fields[9]))
+    return found
+
+
 def test_v1_v2_v3_swaps_under_load_lose_nothing(serve, releases):
     v1, v2, v3 = releases["v1"], releases["v2"], releases["v3"]
     server = serve("--workers", "2", "--release", str(v1))
     first_pids = server.serving_pids()
+    listeners = listening_inodes(server.port)
+    assert len(listeners) == 1, "one listening socket, shared by every worker"
 
     with Load(server.url, keepalive_clients=6, close_clients=3, max_seconds=90) as load:
         load.wait_requests(200)
@@ -38,8 +52,19 @@ def test_v1_v2_v3_swaps_under_load_lose_nothing(serve, releases):
     assert len(status["serving"]["workers"]) == 2
     old = first_pids + second_pids
     assert not [pid for pid in old if alive(pid)], "an old generation's process is left"
+    assert listening_inodes(server.port) == listeners, "the listening socket never changed"
     after = Load(server.url, max_requests=200, max_seconds=30).run()
     assert after.failures == [] and set(after.bodies) == {"v3"}
+
+
+def test_listening_socket_has_so_reuseport(serve, releases):
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    probe = socket.socket()
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        probe.bind(("127.0.0.1", server.port))  # only possible if ours set it too
+    finally:
+        probe.close()
 
 
 def test_status_json_describes_generations(serve, releases):

@@ -1,0 +1,90 @@
+"""uvicorn options reach the workers, named the gunicorn way or beamdeploy's."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tests.support.releases import versioned_app
+
+ECHO = versioned_app("echo").replace(
+    "app = Starlette(routes=[",
+    """
+async def echo(request):
+    return JSONResponse({
+        "root_path": request.scope.get("root_path"),
+        "client": request.scope["client"][0],
+        "scheme": request.scope["scheme"],
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+    })
+
+app = Starlette(routes=[Route("/echo", echo), """,
+)
+
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+def test_root_path_proxy_headers_and_loop(serve, releases):
+    server = serve(
+        "--workers",
+        "1",
+        "--release",
+        str(releases.custom("echo", ECHO)),
+        "--root-path",
+        "/api",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+        "--asgi-loop",
+        "asyncio",
+    )
+    body = httpx.get(server.url + "/echo", headers=FORWARDED).json()
+    assert body == {
+        "root_path": "/api",
+        "client": "203.0.113.7",
+        "scheme": "https",
+        "loop": "asyncio",
+    }
+
+
+def test_no_proxy_headers(serve, releases):
+    server = serve(
+        "--workers",
+        "1",
+        "--release",
+        str(releases.custom("echo", ECHO)),
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+        "--no-proxy-headers",
+    )
+    body = httpx.get(server.url + "/echo", headers=FORWARDED).json()
+    assert body["client"] == "127.0.0.1" and body["scheme"] == "http"
+
+
+def test_limit_concurrency_answers_503(serve, releases):
+    server = serve("--workers", "1", "--release", str(releases["v1"]), "--limit-concurrency", "3")
+
+    async def burst() -> tuple[int, list[int]]:
+        async with httpx.AsyncClient(timeout=30) as first, httpx.AsyncClient(timeout=30) as more:
+            slow = asyncio.ensure_future(first.get(server.url + "/slow?s=2"))
+            await asyncio.sleep(0.5)
+            answers = await asyncio.gather(*(more.get(server.url) for _ in range(4)))
+            return (await slow).status_code, [a.status_code for a in answers]
+
+    first, others = asyncio.run(burst())
+    assert first == 200
+    assert 503 in others
+
+
+def test_keepalive_setting_closes_idle_connections(serve, releases):
+    server = serve("--workers", "1", "--release", str(releases["v1"]), "--keep-alive", "1")
+    import socket
+    import time
+
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    sock.settimeout(10)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    assert sock.recv(10) == b""
+    assert time.monotonic() - started < 4
