@@ -163,7 +163,6 @@ def uvicorn_options(cfg: Any) -> dict[str, Any]:
         "limit_max_requests_jitter": cfg.max_requests_jitter,
         "timeout_graceful_shutdown": cfg.graceful_timeout,
         "backlog": cfg.backlog,
-        "log_config": None,
         "access_log": bool(cfg.accesslog),
     }
     if cfg.is_ssl:
@@ -177,7 +176,9 @@ def uvicorn_options(cfg: Any) -> dict[str, Any]:
             ssl_ciphers=ssl.get("ciphers"),
         )
     accepted = inspect.signature(uvicorn.Config).parameters
-    return {k: v for k, v in options.items() if k in accepted and v is not None}
+    chosen = {k: v for k, v in options.items() if k in accepted and v is not None}
+    chosen["log_config"] = None  # gunicorn's logger is set up already; keep it
+    return chosen
 
 
 def configure_logging(runtime: WorkerRuntime) -> None:

@@ -111,7 +111,7 @@ class WorkerServer(uvicorn.Server):
             self.servers.append(server)
         self.started = True
         runtime.channel.send("serving")
-        runtime.log.info("%s: worker serving", runtime.name)
+        runtime.log.info("%s: serving", runtime.name)
 
     def _create_protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
         return self.config.http_protocol_class(  # type: ignore[call-arg]
