@@ -110,7 +110,7 @@ class BeamArbiter(Arbiter):
         owner = self.cfg.uid if self.cfg.uid != os.geteuid() else None
         try:
             self.control = ControlServer(
-                self.control_path, self.selector, self.handle_control, owner
+                self.control_path, self.selector, self.handle_control, owner, self.log
             )
         except OSError as exc:
             raise HaltServer(f"cannot listen on {self.control_path}: {exc}", 1) from None

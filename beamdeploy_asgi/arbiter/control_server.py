@@ -69,7 +69,12 @@ class ControlConnection:
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             self.fail("bad_request", "request must be a JSON object with an 'op'")
             return
-        self.server.handler(request, self)
+        try:
+            self.server.handler(request, self)
+        except Exception:
+            # A bug in one request must not take the arbiter down with it.
+            self.server.log.exception("control request %r failed", request.get("op"))
+            self.fail("internal_error", "the arbiter failed to handle this request; see its log")
 
     def on_writable(self) -> None:
         self._flush()
@@ -101,9 +106,15 @@ class ControlConnection:
 
 class ControlServer:
     def __init__(
-        self, path: str, selector: selectors.BaseSelector, handler: Handler, owner: int | None
+        self,
+        path: str,
+        selector: selectors.BaseSelector,
+        handler: Handler,
+        owner: int | None,
+        log: Any,
     ) -> None:
         self.path = path
+        self.log = log
         self.selector = selector
         self.handler = handler
         self.connections: set[ControlConnection] = set()
