@@ -289,9 +289,11 @@ class BeamArbiter(Arbiter):
                 control_path=self.control_path,
             )
         except OSError as exc:
-            self.worker_failed(
-                generation, None, f"could not start {generation.release.python}: {exc}"
-            )
+            cause = f"could not start {generation.release.python}: {exc}"
+            self.log.error("%s: %s", generation, cause)
+            if generation is self.serving:
+                self._count_crash(generation, stable=False)
+            self.worker_failed(generation, None, cause)
             return None
         generation.workers[worker.pid] = worker
         self.selector.register(worker.channel, selectors.EVENT_READ, worker)
@@ -417,11 +419,14 @@ class BeamArbiter(Arbiter):
         log("%s: worker %s %s (was %s)", generation, worker.pid, how, worker.state.value)
         self.cfg.child_exit(self, worker)
 
-        unexpected = worker.state in (WorkerState.BOOTING, WorkerState.READY)
+        # Before its generation is promoted, any exit is a failed boot.
+        unexpected = worker.state in (WorkerState.BOOTING, WorkerState.READY) or (
+            worker.state is WorkerState.SERVING and generation.state is GenerationState.BOOTING
+        )
         if generation is self.serving and (
             unexpected or worker.state is WorkerState.SERVING or worker.failure
         ):
-            self._count_crash(generation, worker)
+            self._count_crash(generation, stable=worker.served_for() >= STABLE_AFTER)
         if unexpected:
             cause = worker.failure or f"worker {worker.pid} {how} before it was ready"
             self.worker_failed(generation, worker, cause)
@@ -430,12 +435,11 @@ class BeamArbiter(Arbiter):
             self.generation_emptied(generation)
         self.deployment_progress()
 
-    def _count_crash(self, generation: Generation, worker: WorkerProcess) -> None:
-        now = time.monotonic()
-        stable = worker.serving_since is not None and now - worker.serving_since >= STABLE_AFTER
+    def _count_crash(self, generation: Generation, stable: bool) -> None:
+        """A worker that served `STABLE_AFTER` seconds ends the crash streak."""
         generation.crash_streak = 1 if stable else generation.crash_streak + 1
         delay = backoff(generation.crash_streak)
-        generation.respawn_at = now + delay
+        generation.respawn_at = time.monotonic() + delay
         if delay:
             self.log.warning(
                 "%s: %s crashes in a row, next worker in %.1fs",
@@ -572,7 +576,9 @@ class BeamArbiter(Arbiter):
                 self.promote(deployment)
         if deployment.phase == "draining" and deployment.previous is not None:
             old = deployment.previous
-            if all(w.stopped_accepting for w in old.workers.values()):
+            if all(
+                w.stopped_accepting or w.state is WorkerState.STOPPING for w in old.workers.values()
+            ):
                 self.finish_deployment(deployment)
 
     def promote(self, deployment: Deployment) -> None:

@@ -60,6 +60,11 @@ class WorkerProcess:
             return False
         return True
 
+    def served_for(self) -> float:
+        if self.serving_since is None:
+            return 0.0
+        return time.monotonic() - self.serving_since
+
     def describe(self) -> dict[str, Any]:
         return {"pid": self.pid, "state": self.state.value, "age": self.age}
 
