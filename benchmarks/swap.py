@@ -63,7 +63,7 @@ class Measurement:
         }
         for phase in ("boot", "promotion", "drain"):
             value = self.split.get(phase)
-            rows[f"  {phase} (s)"] = f"{value:.2f}" if value is not None else "n/a"
+            rows[f"  {phase} (s)"] = f"{value:.3f}" if value is not None else "n/a"
         return rows
 
 
