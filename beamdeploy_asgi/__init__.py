@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from beamdeploy_asgi.admin import admin_app
 from beamdeploy_asgi.api import current_release, enabled, status, upgrade, upgrading
 from beamdeploy_asgi.errors import (
     BeamDeployError,
@@ -21,6 +22,7 @@ __all__ = [
     "NotEnabledError",
     "ReleaseError",
     "Worker",
+    "admin_app",
     "current_release",
     "enabled",
     "status",

@@ -187,3 +187,110 @@ def state_dir(cfg: Any) -> str:
     """Where the control socket lives, resolved against the arbiter's cwd."""
     chosen = cfg.state_dir or os.environ.get("BEAMDEPLOY_STATE_DIR") or ".beamdeploy"
     return os.path.abspath(os.path.expanduser(chosen))
+
+
+def _admin_prefix(value: Any) -> str | None:
+    if value is None or str(value).lower() in ("", "off", "none"):
+        return None
+    value = str(value).rstrip("/")
+    if not value.startswith("/") or value == "":
+        raise ValueError(f"must be a URL path like /_deploy, or 'off', not {value!r}")
+    return value
+
+
+def _networks(value: Any) -> list[str]:
+    import ipaddress
+
+    if isinstance(value, str):
+        value = [value]
+    networks = []
+    for item in value or []:
+        try:
+            networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return networks
+
+
+def _directories(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    return [os.path.abspath(os.path.expanduser(str(item))) for item in value or []]
+
+
+def _optional_string(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError("must be a string")
+    return value
+
+
+class AdminPrefix(gconfig.Setting):
+    name = "admin_prefix"
+    section = SECTION
+    cli = ["--admin-prefix"]
+    meta = "PATH"
+    validator = _admin_prefix
+    default = "/_deploy"
+    desc = """\
+        Where every worker serves the admin API in front of the app, or ``off``.
+
+        An app that mounts ``beamdeploy_asgi.admin_app()`` itself gets no
+        second one.
+        """
+
+
+class AdminToken(gconfig.Setting):
+    name = "admin_token"
+    section = SECTION
+    validator = _optional_string
+    default = None
+    desc = """\
+        Bearer token of the admin API (config file only; or ``$BEAMDEPLOY_TOKEN``).
+
+        Without a token every admin route except ``/health`` is absent.
+        """
+
+
+class AdminAllow(gconfig.Setting):
+    name = "admin_allow"
+    section = SECTION
+    cli = ["--admin-allow"]
+    meta = "CIDR"
+    action = "append"
+    validator = _networks
+    default = []
+    desc = """\
+        Client networks allowed to use the admin API (repeatable); default: any.
+        """
+
+
+class ReleaseDirs(gconfig.Setting):
+    name = "release_dirs"
+    section = SECTION
+    cli = ["--release-dir"]
+    meta = "DIR"
+    action = "append"
+    validator = _directories
+    default = []
+    desc = """\
+        Directories the admin API may deploy releases from (repeatable).
+        """
+
+
+class MaxUploadSize(gconfig.Setting):
+    name = "max_upload_size"
+    section = SECTION
+    cli = ["--max-upload-size"]
+    meta = "BYTES"
+    validator = gconfig.validate_pos_int
+    type = int
+    default = 1024**3
+    desc = """\
+        Largest release artifact the admin API accepts as a request body.
+        """
+
+
+def admin_token(cfg: Any) -> str | None:
+    return cfg.admin_token or os.environ.get("BEAMDEPLOY_TOKEN") or None

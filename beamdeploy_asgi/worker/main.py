@@ -8,7 +8,6 @@ release, and runs a WorkerServer on the inherited listening sockets.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import os
@@ -20,10 +19,14 @@ from typing import Any
 
 import uvicorn
 from uvicorn.importer import import_from_string
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from beamdeploy_asgi.admin import app as admin_app
+from beamdeploy_asgi.admin.mount import AdminMount
 from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
+from beamdeploy_asgi.worker.runtime import WorkerRuntime, set_current
 from beamdeploy_asgi.worker.server import WorkerServer
 
 SPEC_ENV = "BEAMDEPLOY_WORKER"
@@ -31,73 +34,11 @@ BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR
 APP_LOAD_ERROR = 4  # gunicorn's APP_LOAD_ERROR
 
 
-class WorkerRuntime:
-    """What the server, the drain middleware and the hooks share in a worker."""
-
-    def __init__(self, spec: dict[str, Any], channel: Channel) -> None:
-        self.spec = spec
-        self.channel = channel
-        self.pid = os.getpid()
-        self.age = spec["age"]
-        self.generation = spec["generation"]
-        self.release = spec["release"]
-        self.name = (
-            f"generation {self.generation} ({self.release['name']} "
-            f"{self.release['version']}) worker {self.pid}"
-        )
-        self.draining = False
-        self.cfg: Any = None
-        self.log: Any = None
-        self.heartbeat_task: asyncio.Task[None] | None = None
-        self.boot_deadline = 0.0
-
-    def load_config(self) -> None:
-        from beamdeploy_asgi.arbiter.application import BeamApplication
-
-        application = BeamApplication(self.spec["argv"])
-        self.cfg = application.cfg
-        self.log = self.cfg.logger_class(self.cfg)
-        self.health_path = self.cfg.health_path
-        self.graceful_timeout = float(self.cfg.graceful_timeout)
-        self.drain_grace = float(self.cfg.drain_grace)
-        self.timeout = float(self.cfg.timeout)
-
-    def hook(self, name: str) -> None:
-        """Run a worker-side gunicorn hook; there is no arbiter object here.
-
-        Hooks that gunicorn calls as ``(server, worker)`` get ``None`` for the
-        server, and this runtime (pid, age, generation, release, cfg, log) as
-        the worker.
-        """
-        hook = getattr(self.cfg, name)
-        try:
-            if name in ("post_fork", "worker_exit"):
-                hook(None, self)
-            else:
-                hook(self)
-        except Exception:
-            self.log.exception("%s hook failed", name)
-
-    def reopen_logs(self) -> None:
-        self.log.reopen_files()
-
-    def start_heartbeat(self) -> None:
-        fd = self.spec["heartbeat_fd"]
-        interval = min(1.0, self.timeout / 4) if self.timeout else 1.0
-
-        async def beat() -> None:
-            while True:
-                now = time.monotonic()
-                os.utime(fd, (now, now))
-                await asyncio.sleep(interval)
-
-        self.heartbeat_task = asyncio.ensure_future(beat())
-
-
 def main() -> None:
     spec = json.loads(os.environ.pop(SPEC_ENV))
     channel = Channel(spec["channel_fd"])
     runtime = WorkerRuntime(spec, channel)
+    set_current(runtime)
     os.environ["BEAMDEPLOY_GENERATION"] = str(spec["generation"])
     os.environ["BEAMDEPLOY_RELEASE_NAME"] = spec["release"]["name"]
     os.environ["BEAMDEPLOY_RELEASE_VERSION"] = spec["release"]["version"]
@@ -142,8 +83,19 @@ def build_server(runtime: WorkerRuntime) -> WorkerServer:
         config.load()
     except BaseException as exc:
         raise BootFailure.from_exception("import", f"could not load {app_spec}", exc) from None
-    config.loaded_app = ConnectionCloseWhenDraining(config.loaded_app, runtime)
+    config.loaded_app = ConnectionCloseWhenDraining(with_admin(config, runtime), runtime)
     return WorkerServer(config, runtime)
+
+
+def with_admin(config: uvicorn.Config, runtime: WorkerRuntime) -> Any:
+    """The admin API in front of the app, unless the app mounted it itself."""
+    prefix = runtime.cfg.admin_prefix
+    if not prefix or admin_app.mounted_by_app():
+        return config.loaded_app
+    admin = admin_app.build_admin_app()
+    if config.proxy_headers:
+        admin = ProxyHeadersMiddleware(admin, trusted_hosts=config.forwarded_allow_ips)
+    return AdminMount(prefix, admin, config.loaded_app)
 
 
 def uvicorn_options(cfg: Any) -> dict[str, Any]:

@@ -1,0 +1,227 @@
+"""The admin sub-app: JSON over HTTP in front of the control socket."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from beamdeploy_asgi.admin.errors import AdminError, error_response
+from beamdeploy_asgi.admin.gate import AdminGate
+from beamdeploy_asgi.admin.openapi import openapi_schema
+from beamdeploy_asgi.control import AsyncControlClient
+from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.worker import runtime as worker_runtime
+
+MAX_JSON_BODY = 64 * 1024
+_mounted_by_app = False
+
+
+def admin_app() -> Any:
+    """The admin API as an ASGI app, for `app.mount("/_deploy", admin_app())`.
+
+    A worker whose app mounts it does not add its own in front of the app.
+    """
+    global _mounted_by_app
+    _mounted_by_app = True
+    return build_admin_app()
+
+
+def mounted_by_app() -> bool:
+    return _mounted_by_app
+
+
+def build_admin_app() -> Any:
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/status", status, methods=["GET"]),
+        Route("/upgrade", upgrade, methods=["POST"]),
+        Route("/deployments", deployments, methods=["GET"]),
+        Route("/deployments/{id}", deployment, methods=["GET"]),
+        Route("/deployments/{id}/events", deployment_events, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    handlers = {AdminError: on_admin_error, HTTPException: on_http_exception}
+    return AdminGate(Starlette(routes=routes, exception_handlers=handlers))  # type: ignore[arg-type]
+
+
+async def on_admin_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AdminError)
+    return error_response(exc.status, exc.code, exc.detail, headers=exc.headers)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here", headers=exc.headers
+        )
+    if exc.status_code == 404:
+        return error_response(404, "not_found", "no such route")
+    return error_response(exc.status_code, "error", str(exc.detail), headers=exc.headers)
+
+
+def _client() -> AsyncControlClient:
+    return AsyncControlClient(os.environ["BEAMDEPLOY_CONTROL"])
+
+
+async def _ask(message: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return await _client().request(message)
+    except ControlError as exc:
+        raise AdminError.from_control(exc) from None
+
+
+# -- endpoints ------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    runtime = worker_runtime.current()
+    if runtime is None or runtime.draining:
+        return JSONResponse({"status": "draining"}, 503)
+    return JSONResponse({"status": "serving"})
+
+
+async def status(request: Request) -> Response:
+    return JSONResponse(await _ask({"op": "status"}))
+
+
+async def deployments(request: Request) -> Response:
+    return JSONResponse(await _ask({"op": "deployments"}))
+
+
+async def deployment(request: Request) -> Response:
+    return JSONResponse(await _ask({"op": "deployment", "id": request.path_params["id"]}))
+
+
+async def deployment_events(request: Request) -> Response:
+    deployment_id = request.path_params["id"]
+    await _ask({"op": "deployment", "id": deployment_id})  # 404 before the stream starts
+    return StreamingResponse(
+        _server_sent_events({"op": "deployment", "id": deployment_id, "follow": True}),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _server_sent_events(message: dict[str, Any]) -> AsyncIterator[bytes]:
+    try:
+        async for reply in _client().stream(message):
+            if "event" in reply:
+                event = reply["event"]
+                yield _sse(event["phase"], event)
+            else:
+                yield _sse("end", reply["result"])
+    except ControlError as exc:
+        yield _sse("error", {"error": exc.code, "detail": exc.detail})
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def upgrade(request: Request) -> Response:
+    runtime = worker_runtime.current()
+    assert runtime is not None  # the gate answered 503 otherwise
+    wait = _flag(request.query_params.get("wait"), "wait")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        release = _confined(await _json_release(request), runtime.cfg.release_dirs)
+    else:
+        raise AdminError(
+            415,
+            f'send JSON ({{"release": PATH}}) with Content-Type: application/json, '
+            f"not {content_type or 'no content type'}",
+        )
+    message = {"op": "upgrade", "release": str(release), "follow": wait}
+    if not wait:
+        started = await _ask(message)
+        location = f"{request.scope.get('root_path', '')}/deployments/{started['id']}"
+        return JSONResponse(started, 202, headers={"Location": location})
+    outcome = await _ask(message)
+    if outcome["outcome"] != "succeeded":
+        return error_response(
+            422, "deployment_failed", outcome["error"] or "deployment failed", deployment=outcome
+        )
+    return JSONResponse(outcome)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_schema(request.scope.get("root_path", "")))
+
+
+# -- request parsing ------------------------------------------------------
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None or value.lower() in ("", "false", "0", "no"):
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    raise AdminError(400, f"query parameter {name!r} must be true or false, not {value!r}")
+
+
+async def _json_release(request: Request) -> str:
+    body = await read_limited(request, MAX_JSON_BODY)
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise AdminError(400, "the request body is not valid JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("release"), str):
+        raise AdminError(400, 'the body must be a JSON object like {"release": "<path>"}')
+    if not document["release"] or "\x00" in document["release"]:
+        raise AdminError(400, "'release' must be a non-empty path")
+    return document["release"]
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise AdminError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise AdminError(413, f"the request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise AdminError(413, f"the request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _confined(release: str, release_dirs: list[str]) -> Path:
+    """The real path of `release`, if it lies inside a configured release dir.
+
+    A relative path is looked up in each release directory in turn. Symlinks
+    and ``..`` are resolved before the check, so neither can lead outside.
+    """
+    if not release_dirs:
+        raise AdminError(
+            403,
+            "no release directory is configured (--release-dir), so the admin API deploys no path",
+            "path_not_allowed",
+        )
+    roots = [Path(directory).resolve() for directory in release_dirs]
+    try:
+        if Path(release).is_absolute():
+            candidates = [Path(release).resolve()]
+        else:
+            candidates = [(root / release).resolve() for root in roots]
+    except (OSError, RuntimeError, ValueError):
+        raise AdminError(400, f"release {release!r} is not a usable path") from None
+    inside = [c for c in candidates if any(c.is_relative_to(root) for root in roots)]
+    if not inside:
+        raise AdminError(
+            403,
+            f"release {release!r} is not inside a release directory ({', '.join(release_dirs)})",
+            "path_not_allowed",
+        )
+    return next((c for c in inside if c.exists()), inside[0])

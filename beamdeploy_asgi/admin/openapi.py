@@ -1,0 +1,208 @@
+"""The admin API's OpenAPI description, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+DEPLOYMENT = {"$ref": "#/components/schemas/Deployment"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    meanings = {
+        400: "malformed request",
+        401: "missing or wrong token",
+        403: "address or path not allowed",
+        404: "no such route or deployment",
+        409: "a deployment is already running",
+        413: "body too large",
+        415: "wrong content type",
+        422: "the release is not valid, or (with wait) could not be promoted",
+        503: "the arbiter is not reachable",
+    }
+    return {str(code): _json(ERROR, meanings[code]) for code in codes}
+
+
+AUTHED = (401, 403, 404, 503)
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_schema(prefix: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "beamdeploy admin API",
+            "version": "1",
+            "description": "Blue-green deployments of this service. Every route but /health "
+            "needs 'Authorization: Bearer <token>'.",
+        },
+        "servers": [{"url": prefix or "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Whether this worker serves (200) or drains (503)",
+                    "security": [],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Health"}, "serving"),
+                        "503": _json({"$ref": "#/components/schemas/Health"}, "draining"),
+                    },
+                }
+            },
+            "/status": {
+                "get": {
+                    "summary": "Generations, releases, workers and recent deployments",
+                    "responses": {
+                        "200": _json({"type": "object"}, "the arbiter's status"),
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
+            "/upgrade": {
+                "post": {
+                    "summary": "Swap the service to a release, blue-green",
+                    "parameters": [
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean"},
+                            "description": "answer when the deployment has ended",
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/UpgradeRequest"}
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": _json(DEPLOYMENT, "with wait: the deployment succeeded"),
+                        "202": {
+                            **_json(DEPLOYMENT, "the deployment started"),
+                            "headers": {
+                                "Location": {
+                                    "schema": {"type": "string"},
+                                    "description": "where to follow it",
+                                }
+                            },
+                        },
+                        **_errors(400, 409, 413, 415, 422, *AUTHED),
+                    },
+                }
+            },
+            "/deployments": {
+                "get": {
+                    "summary": "Recent deployments, newest first",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "deployments": {"type": "array", "items": DEPLOYMENT}
+                                },
+                            },
+                            "recent deployments",
+                        ),
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
+            "/deployments/{id}": {
+                "get": {
+                    "summary": "One deployment",
+                    "parameters": [ID],
+                    "responses": {"200": _json(DEPLOYMENT, "the deployment"), **_errors(*AUTHED)},
+                }
+            },
+            "/deployments/{id}/events": {
+                "get": {
+                    "summary": "Server-sent events of the deployment's phases, until it ends",
+                    "parameters": [ID],
+                    "responses": {
+                        "200": {
+                            "description": "one event per phase, then 'end' with the deployment",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "responses": {
+                        "200": _json({"type": "object"}, "OpenAPI 3"),
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["serving", "draining"]}},
+                },
+                "UpgradeRequest": {
+                    "type": "object",
+                    "required": ["release"],
+                    "properties": {
+                        "release": {
+                            "type": "string",
+                            "description": "a release directory inside a --release-dir",
+                        }
+                    },
+                },
+                "Release": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "app": {"type": "string"},
+                        "path": {"type": "string", "nullable": True},
+                        "python": {"type": "string"},
+                    },
+                },
+                "Deployment": {
+                    "type": "object",
+                    "required": ["id", "kind", "phase", "started_at", "outcome", "error"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "from": {
+                            "allOf": [{"$ref": "#/components/schemas/Release"}],
+                            "nullable": True,
+                        },
+                        "to": {"$ref": "#/components/schemas/Release"},
+                        "generation": {"type": "integer"},
+                        "phase": {"type": "string"},
+                        "started_at": {"type": "number"},
+                        "ended_at": {"type": "number", "nullable": True},
+                        "drained_at": {"type": "number", "nullable": True},
+                        "outcome": {
+                            "type": "string",
+                            "nullable": True,
+                            "enum": ["succeeded", "failed", None],
+                        },
+                        "error": {"type": "string", "nullable": True},
+                        "timings": {"type": "object"},
+                        "events": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            },
+        },
+    }

@@ -1,0 +1,85 @@
+"""What one worker knows about itself, shared by its server, middleware and admin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from beamdeploy_asgi.worker.channel import Channel
+
+_current: WorkerRuntime | None = None
+
+
+def current() -> WorkerRuntime | None:
+    """The runtime of this worker process, or None outside beamdeploy."""
+    return _current
+
+
+def set_current(runtime: WorkerRuntime) -> None:
+    global _current
+    _current = runtime
+
+
+class WorkerRuntime:
+    """What the server, the drain middleware and the hooks share in a worker."""
+
+    def __init__(self, spec: dict[str, Any], channel: Channel) -> None:
+        self.spec = spec
+        self.channel = channel
+        self.pid = os.getpid()
+        self.age = spec["age"]
+        self.generation = spec["generation"]
+        self.release = spec["release"]
+        self.name = (
+            f"generation {self.generation} ({self.release['name']} "
+            f"{self.release['version']}) worker {self.pid}"
+        )
+        self.draining = False
+        self.cfg: Any = None
+        self.log: Any = None
+        self.heartbeat_task: asyncio.Task[None] | None = None
+        self.boot_deadline = 0.0
+
+    def load_config(self) -> None:
+        from beamdeploy_asgi.arbiter.application import BeamApplication
+
+        application = BeamApplication(self.spec["argv"])
+        self.cfg = application.cfg
+        self.log = self.cfg.logger_class(self.cfg)
+        self.health_path = self.cfg.health_path
+        self.graceful_timeout = float(self.cfg.graceful_timeout)
+        self.drain_grace = float(self.cfg.drain_grace)
+        self.timeout = float(self.cfg.timeout)
+
+    def hook(self, name: str) -> None:
+        """Run a worker-side gunicorn hook; there is no arbiter object here.
+
+        Hooks that gunicorn calls as ``(server, worker)`` get ``None`` for the
+        server, and this runtime (pid, age, generation, release, cfg, log) as
+        the worker.
+        """
+        hook = getattr(self.cfg, name)
+        try:
+            if name in ("post_fork", "worker_exit"):
+                hook(None, self)
+            else:
+                hook(self)
+        except Exception:
+            self.log.exception("%s hook failed", name)
+
+    def reopen_logs(self) -> None:
+        self.log.reopen_files()
+
+    def start_heartbeat(self) -> None:
+        fd = self.spec["heartbeat_fd"]
+        interval = min(1.0, self.timeout / 4) if self.timeout else 1.0
+
+        async def beat() -> None:
+            while True:
+                now = time.monotonic()
+                os.utime(fd, (now, now))
+                await asyncio.sleep(interval)
+
+        self.heartbeat_task = asyncio.ensure_future(beat())
