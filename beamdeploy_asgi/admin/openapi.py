@@ -28,6 +28,14 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 AUTHED = (401, 403, 404, 503)
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "a phase, then 'end' (or 'error')"},
+        "data": {"type": "string", "description": "JSON: the phase's event, or the deployment"},
+    },
+}
 ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -128,7 +136,7 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "one event per phase, then 'end' with the deployment",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "content": {"text/event-stream": {"schema": SSE_EVENT}},
                         },
                         **_errors(*AUTHED),
                     },
@@ -163,7 +171,9 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                     "properties": {
                         "release": {
                             "type": "string",
-                            "description": "a release directory inside a --release-dir",
+                            "minLength": 1,
+                            "description": "a release directory inside a --release-dir "
+                            "(absolute, or relative to one)",
                         }
                     },
                 },

@@ -28,7 +28,6 @@ class ReleaseFactory:
     def __init__(self, root: Path, wheel: Path) -> None:
         self.root = root
         self.wheel = wheel
-        self.cache_warm = False
 
     def make(
         self,
@@ -37,6 +36,7 @@ class ReleaseFactory:
         *,
         name: str = "demo",
         app: str = "main:app",
+        packages: tuple[str, ...] = (),
         manifest_extra: dict | None = None,
     ) -> Path:
         """A release dir whose venv is a fresh uv venv with the test wheel installed."""
@@ -48,19 +48,20 @@ class ReleaseFactory:
         (release / "beamdeploy-release.json").write_text(json.dumps(manifest))
         venv = release / "venv"
         uv("venv", "--python", sys.executable, str(venv))
-        # The first release fills uv's cache; the others install from it.
-        offline = ["--offline"] if self.cache_warm else []
-        uv(
+        install = [
             "pip",
             "install",
-            *offline,
             "--python",
             str(venv / "bin" / "python"),
             str(self.wheel),
             "httptools",
             "websockets",
-        )
-        self.cache_warm = True
+            *packages,
+        ]
+        try:
+            uv(*install, "--offline")  # from uv's cache, once an earlier release filled it
+        except subprocess.CalledProcessError:
+            uv(*install)
         return release
 
 
