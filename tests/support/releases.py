@@ -38,9 +38,10 @@ class ReleaseFactory:
         app: str = "main:app",
         packages: tuple[str, ...] = (),
         manifest_extra: dict | None = None,
+        dirname: str | None = None,
     ) -> Path:
         """A release dir whose venv is a fresh uv venv with the test wheel installed."""
-        release = self.root / f"{name}-{version}"
+        release = self.root / (dirname or f"{name}-{version}")
         (release / "app").mkdir(parents=True)
         (release / "app" / "main.py").write_text(textwrap.dedent(app_source))
         manifest = {"name": name, "version": version, "app": app, "pythonpath": ["app"]}
