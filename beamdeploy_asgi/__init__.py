@@ -5,7 +5,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from beamdeploy_asgi.admin import admin_app
-from beamdeploy_asgi.api import current_release, enabled, status, upgrade, upgrading
+from beamdeploy_asgi.api import (
+    current_release,
+    enabled,
+    rollback,
+    status,
+    upgrade,
+    upgrading,
+)
 from beamdeploy_asgi.errors import (
     BeamDeployError,
     ControlError,
@@ -25,6 +32,7 @@ __all__ = [
     "admin_app",
     "current_release",
     "enabled",
+    "rollback",
     "status",
     "upgrade",
     "upgrading",

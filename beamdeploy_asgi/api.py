@@ -55,7 +55,7 @@ def upgrade(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Swap the service to `release` blue-green.
+    """Swap the service to `release` (a release directory or an artifact) blue-green.
 
     With `wait` (the default) this returns once the new generation serves and
     the old one has stopped accepting, and raises DeploymentFailed with the
@@ -63,6 +63,27 @@ def upgrade(
     as soon as it started. Blocking: from async code, call it in a thread.
     """
     request = {"op": "upgrade", "release": os.path.abspath(os.fspath(release)), "follow": wait}
+    result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
+    if wait and result.get("outcome") != "succeeded":
+        raise DeploymentFailed(result)
+    return result
+
+
+def rollback(
+    to: str | None = None,
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Swap back, blue-green, to the release that served before this one.
+
+    `to` picks any kept release by version instead. Raises like upgrade().
+    """
+    request: dict[str, Any] = {"op": "rollback", "follow": wait}
+    if to is not None:
+        request["to"] = to
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)

@@ -13,9 +13,12 @@ from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 
 USAGE = """\
-beamdeploy serve [GUNICORN OPTIONS] [--release DIR] [APP_MODULE]
-beamdeploy upgrade RELEASE_DIR [--state-dir DIR] [--json] [--no-wait]
+beamdeploy serve [GUNICORN OPTIONS] [--release DIR_OR_ARTIFACT] [APP_MODULE]
+beamdeploy upgrade RELEASE [--state-dir DIR] [--json] [--no-wait]
+beamdeploy rollback [--to VERSION] [--state-dir DIR] [--json] [--no-wait]
 beamdeploy status [--state-dir DIR] [--json]
+beamdeploy releases [--state-dir DIR] [--json]
+beamdeploy build [PROJECT_DIR] [-o OUTDIR] [--app MODULE:ATTR] [--name N] [--version V]
 """
 
 
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = build_parser()
     options = parser.parse_args(args)
+    if options.command == "build":
+        sys.exit(run_build(options))
     client = ControlClient(socket_path(state_dir(options.state_dir)))
     try:
         code = options.run(client, options)
@@ -57,15 +62,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the arbiter (takes gunicorn's options)")
     upgrade = command("upgrade", "swap the service to a release, blue-green")
-    upgrade.add_argument("release", metavar="RELEASE_DIR")
-    upgrade.add_argument(
-        "--no-wait", action="store_true", help="return once the deployment has started"
-    )
-    upgrade.add_argument("--timeout", type=float, default=None, help="give up waiting after this")
+    upgrade.add_argument("release", metavar="RELEASE", help="a release directory or artifact")
+    rollback = command("rollback", "swap back to the previous release, blue-green")
+    rollback.add_argument("--to", metavar="VERSION", help="any kept release instead")
+    for deploying in (upgrade, rollback):
+        deploying.add_argument(
+            "--no-wait", action="store_true", help="return once the deployment has started"
+        )
+        deploying.add_argument("--timeout", type=float, default=None, help="stop waiting after")
     upgrade.set_defaults(run=run_upgrade)
+    rollback.set_defaults(run=run_rollback)
     status = command("status", "show generations, workers and deployments")
     status.set_defaults(run=run_status)
+    releases = command("releases", "list the releases kept in the store")
+    releases.set_defaults(run=run_releases)
+    build = commands.add_parser("build", help="build a release artifact from a project")
+    build.add_argument("project", nargs="?", default=".", metavar="PROJECT_DIR")
+    build.add_argument("-o", "--outdir", default="dist", help="where to write it (dist)")
+    build.add_argument("--app", help="module:attribute (default [tool.beamdeploy] app)")
+    build.add_argument("--name", help="release name (default [project] name)")
+    build.add_argument("--version", help="release version (default [project] version)")
     return parser
+
+
+def run_build(options: argparse.Namespace) -> int:
+    from beamdeploy_asgi.errors import ReleaseError
+    from beamdeploy_asgi.releases.build import build
+
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:5.1f}s] {message}", flush=True)
+
+    try:
+        build(
+            options.project,
+            options.outdir,
+            app=options.app,
+            name=options.name,
+            version=options.version,
+            progress=progress,
+        )
+    except ReleaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def state_dir(given: str | None) -> str:
@@ -79,6 +120,17 @@ def run_upgrade(client: ControlClient, options: argparse.Namespace) -> int:
         "release": os.path.abspath(options.release),
         "follow": not options.no_wait,
     }
+    return follow_deployment(client, request, options)
+
+
+def run_rollback(client: ControlClient, options: argparse.Namespace) -> int:
+    request = {"op": "rollback", "follow": not options.no_wait}
+    if options.to:
+        request["to"] = options.to
+    return follow_deployment(client, request, options)
+
+
+def follow_deployment(client: ControlClient, request: dict, options: argparse.Namespace) -> int:
 
     def progress(event: dict[str, Any]) -> None:
         if not options.json:
@@ -93,8 +145,22 @@ def run_upgrade(client: ControlClient, options: argparse.Namespace) -> int:
     if options.no_wait or result.get("outcome") == "succeeded":
         return 0
     if not options.json:
-        print(f"upgrade failed: {result.get('error')}", file=sys.stderr)
+        print(f"{request['op']} failed: {result.get('error')}", file=sys.stderr)
     return 1
+
+
+def run_releases(client: ControlClient, options: argparse.Namespace) -> int:
+    listed = client.request({"op": "releases"})
+    if options.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    if not listed["releases"]:
+        print("no releases in the store")
+    for release in listed["releases"]:
+        mark = "*" if release["current"] else " "
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(release["installed_at"]))
+        print(f"{mark} {release['name']} {release['version']:<12} {when}  {release['path']}")
+    return 0
 
 
 def run_status(client: ControlClient, options: argparse.Namespace) -> int:

@@ -73,7 +73,10 @@ class ControlClient:
                 raise ControlError(
                     "forbidden", f"no permission to use the control socket {self.path}"
                 ) from None
-            sock.sendall(encode(message))
+            try:
+                sock.sendall(encode(message))
+            except OSError as exc:
+                raise ControlError("disconnected", f"the arbiter went away: {exc}") from None
             sock.settimeout(timeout)
             buffer = b""
             while True:
@@ -81,6 +84,8 @@ class ControlClient:
                     chunk = sock.recv(65536)
                 except TimeoutError:
                     raise ControlError("timeout", "the arbiter did not answer in time") from None
+                except OSError as exc:
+                    raise ControlError("disconnected", f"the arbiter went away: {exc}") from None
                 if not chunk:
                     return
                 buffer += chunk

@@ -294,3 +294,43 @@ class MaxUploadSize(gconfig.Setting):
 
 def admin_token(cfg: Any) -> str | None:
     return cfg.admin_token or os.environ.get("BEAMDEPLOY_TOKEN") or None
+
+
+class KeepReleases(gconfig.Setting):
+    name = "keep_releases"
+    section = SECTION
+    cli = ["--keep-releases"]
+    meta = "N"
+    validator = gconfig.validate_pos_int
+    type = int
+    default = 5
+    desc = """\
+        How many installed releases the store keeps; the serving and the
+        previous one are always kept.
+        """
+
+
+class ArtifactMaxSize(gconfig.Setting):
+    name = "artifact_max_size"
+    section = SECTION
+    cli = ["--artifact-max-size"]
+    meta = "BYTES"
+    validator = gconfig.validate_pos_int
+    type = int
+    default = 4 * 1024**3
+    desc = """\
+        Largest total size an artifact may unpack to.
+        """
+
+
+class ArtifactMaxFiles(gconfig.Setting):
+    name = "artifact_max_files"
+    section = SECTION
+    cli = ["--artifact-max-files"]
+    meta = "N"
+    validator = gconfig.validate_pos_int
+    type = int
+    default = 20_000
+    desc = """\
+        Most files an artifact may hold.
+        """

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from beamdeploy_asgi.admin.errors import AdminError, error_response
 from beamdeploy_asgi.admin.gate import AdminGate
 from beamdeploy_asgi.admin.openapi import openapi_schema
+from beamdeploy_asgi.admin.uploads import ARTIFACT_TYPES, receive_upload, uploads_dir
 from beamdeploy_asgi.control import AsyncControlClient
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.worker import runtime as worker_runtime
@@ -44,6 +45,7 @@ def build_admin_app() -> Any:
         Route("/health", health, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/upgrade", upgrade, methods=["POST"]),
+        Route("/rollback", rollback, methods=["POST"]),
         Route("/deployments", deployments, methods=["GET"]),
         Route("/deployments/{id}", deployment, methods=["GET"]),
         Route("/deployments/{id}/events", deployment_events, methods=["GET"]),
@@ -135,13 +137,45 @@ async def upgrade(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         release = _confined(await _json_release(request), runtime.cfg.release_dirs)
+        message = {"op": "upgrade", "release": str(release), "follow": wait}
+    elif content_type in ARTIFACT_TYPES:
+        upload = await receive_upload(request, uploads_dir(), runtime.cfg.max_upload_size)
+        message = {"op": "upgrade", "release": str(upload), "follow": wait, "remove_after": True}
     else:
         raise AdminError(
             415,
-            f'send JSON ({{"release": PATH}}) with Content-Type: application/json, '
-            f"not {content_type or 'no content type'}",
+            'send JSON ({"release": PATH}) as application/json, or the artifact as '
+            f"application/gzip, not {content_type or 'no content type'}",
         )
-    message = {"op": "upgrade", "release": str(release), "follow": wait}
+    try:
+        return await _deploy(request, message, wait)
+    except AdminError:
+        if message.get("remove_after"):
+            Path(message["release"]).unlink(missing_ok=True)
+        raise
+
+
+async def rollback(request: Request) -> Response:
+    wait = _flag(request.query_params.get("wait"), "wait")
+    message: dict[str, Any] = {"op": "rollback", "follow": wait}
+    body = await read_limited(request, MAX_JSON_BODY)
+    if body.strip():
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise AdminError(400, "the request body is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise AdminError(400, 'the body must be empty or a JSON object like {"to": "1.4.0"}')
+        to = document.get("to")
+        if to is not None:
+            if not isinstance(to, str) or not to:
+                raise AdminError(400, "'to' must be a release version")
+            message["to"] = to
+    return await _deploy(request, message, wait)
+
+
+async def _deploy(request: Request, message: dict[str, Any], wait: bool) -> Response:
+    """202 with Location at once, or with wait the outcome: 200, or 422 with the cause."""
     if not wait:
         started = await _ask(message)
         location = f"{request.scope.get('root_path', '')}/deployments/{started['id']}"

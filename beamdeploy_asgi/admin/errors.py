@@ -27,6 +27,7 @@ CONTROL_STATUS = {
     "not_found": 404,
     "upgrade_in_progress": 409,
     "invalid_release": 422,
+    "no_release": 409,
     "unavailable": 503,
     "not_running": 503,
     "disconnected": 503,

@@ -18,7 +18,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "missing or wrong token",
         403: "address or path not allowed",
         404: "no such route or deployment",
-        409: "a deployment is already running",
+        409: "a deployment is already running, or no release to roll back to",
         413: "body too large",
         415: "wrong content type",
         422: "the release is not valid, or (with wait) could not be promoted",
@@ -37,6 +37,19 @@ SSE_EVENT = {
     },
 }
 ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean"},
+    "description": "answer when the deployment has ended",
+}
+STARTED = {
+    **_json(DEPLOYMENT, "the deployment started"),
+    "headers": {"Location": {"schema": {"type": "string"}, "description": "where to follow it"}},
+}
 
 
 def openapi_schema(prefix: str) -> dict[str, Any]:
@@ -73,35 +86,41 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
             "/upgrade": {
                 "post": {
                     "summary": "Swap the service to a release, blue-green",
-                    "parameters": [
-                        {
-                            "name": "wait",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "boolean"},
-                            "description": "answer when the deployment has ended",
-                        }
-                    ],
+                    "parameters": [WAIT],
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/json": {
                                 "schema": {"$ref": "#/components/schemas/UpgradeRequest"}
                             },
+                            "application/gzip": {
+                                "schema": {"type": "string", "format": "binary"},
+                            },
                         },
                     },
                     "responses": {
                         "200": _json(DEPLOYMENT, "with wait: the deployment succeeded"),
-                        "202": {
-                            **_json(DEPLOYMENT, "the deployment started"),
-                            "headers": {
-                                "Location": {
-                                    "schema": {"type": "string"},
-                                    "description": "where to follow it",
-                                }
-                            },
-                        },
+                        "202": STARTED,
                         **_errors(400, 409, 413, 415, 422, *AUTHED),
+                    },
+                }
+            },
+            "/rollback": {
+                "post": {
+                    "summary": "Swap back to the previous release, or to a kept one by version",
+                    "parameters": [WAIT],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RollbackRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(DEPLOYMENT, "with wait: the rollback succeeded"),
+                        "202": STARTED,
+                        **_errors(400, 409, 413, 422, *AUTHED),
                     },
                 }
             },
@@ -174,6 +193,16 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                             "minLength": 1,
                             "description": "a release directory inside a --release-dir "
                             "(absolute, or relative to one)",
+                        }
+                    },
+                },
+                "RollbackRequest": {
+                    "type": "object",
+                    "properties": {
+                        "to": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "the version of a kept release",
                         }
                     },
                 },

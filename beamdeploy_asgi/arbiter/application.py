@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from gunicorn import util
@@ -18,7 +19,9 @@ from gunicorn.errors import ConfigError
 
 import beamdeploy_asgi.settings  # noqa: F401  (registers beamdeploy's settings)
 from beamdeploy_asgi.errors import ReleaseError
-from beamdeploy_asgi.release import Release
+from beamdeploy_asgi.releases.release import Release
+from beamdeploy_asgi.releases.store import ReleaseStore
+from beamdeploy_asgi.settings import state_dir
 
 WORKER_CLASS = "beamdeploy_asgi.Worker"
 WORKER_CLASS_NAMES = {
@@ -40,7 +43,7 @@ class BeamApplication(Application):
         # Workers start here and apply chdir themselves, like the arbiter did.
         self.launch_cwd = os.getcwd()
         self.app_uri: str | None = None
-        self.release: Release | None = None
+        self.release: Release | Path | None = None
         super().__init__(usage="%(prog)s [OPTIONS] [APP_MODULE]", prog=prog)
 
     def load_default_config(self) -> None:
@@ -69,9 +72,15 @@ class BeamApplication(Application):
     def load(self) -> Any:
         raise ConfigError("the beamdeploy arbiter never imports the application")
 
-    def first_release(self) -> Release:
+    def first_release(self) -> Release | Path:
+        """--release (a directory or an artifact), else STATE_DIR/current, else APP_MODULE."""
         if self.cfg.release:
+            if Path(self.cfg.release).is_file():
+                return Path(self.cfg.release).resolve()
             return Release.load(self.cfg.release)
+        current = ReleaseStore(state_dir(self.cfg)).current()
+        if current is not None:
+            return Release.load(current)
         app = self.app_uri or self.cfg.wsgi_app
         if not app:
             raise ConfigError("give an APP_MODULE (module:attribute) or --release DIR")
@@ -124,7 +133,7 @@ class BeamApplication(Application):
         if self.cfg.print_config:
             print(self.cfg)
         if self.cfg.print_config or self.cfg.check_config:
-            print(f"release: {release} ({release.app}, python {release.python})")
+            print(f"first release: {release}")
             sys.exit(0)
         if self.cfg.daemon and not os.environ.get("BEAMDEPLOY_DAEMONIZED"):
             util.daemonize(self.cfg.enable_stdio_inheritance)

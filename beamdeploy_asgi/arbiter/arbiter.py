@@ -23,7 +23,6 @@ from collections import deque
 from typing import Any
 
 from gunicorn import __version__ as gunicorn_version
-from gunicorn import systemd
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
@@ -31,6 +30,7 @@ from gunicorn.pidfile import Pidfile
 from beamdeploy_asgi import __version__
 from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlServer
 from beamdeploy_asgi.arbiter.deployment import Deployment
+from beamdeploy_asgi.arbiter.deployments import Deployments
 from beamdeploy_asgi.arbiter.generation import (
     Generation,
     GenerationState,
@@ -38,10 +38,13 @@ from beamdeploy_asgi.arbiter.generation import (
     WorkerState,
 )
 from beamdeploy_asgi.arbiter.listeners import bind_listeners, close_listeners, describe
+from beamdeploy_asgi.arbiter.requests import ControlRequests
 from beamdeploy_asgi.arbiter.spawn import spawn_worker
+from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.control import ControlClient, socket_path
-from beamdeploy_asgi.errors import ControlError, ReleaseError
-from beamdeploy_asgi.release import Release
+from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.releases.release import Release
+from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import state_dir
 
 STOP_TIMEOUT = 5.0  # a worker told to stop before it served gets this long
@@ -58,7 +61,7 @@ def backoff(streak: int) -> float:
     return min(0.5 * 2 ** (streak - 2), MAX_BACKOFF)
 
 
-class BeamArbiter(Arbiter):
+class BeamArbiter(Deployments, ControlRequests, Arbiter):
     def __init__(self, app: Any) -> None:
         super().__init__(app)
         self.selector = selectors.DefaultSelector()
@@ -72,6 +75,9 @@ class BeamArbiter(Arbiter):
         self.started_at = time.time()
         self.state_dir = state_dir(self.cfg)
         self.control_path = socket_path(self.state_dir)
+        self.store = ReleaseStore(self.state_dir)
+        self.past = self.store.history()
+        self.tasks: dict[int, Task] = {}
         self._wakeup_r = self._wakeup_w = -1
 
     # -- start and stop -------------------------------------------------
@@ -108,6 +114,11 @@ class BeamArbiter(Arbiter):
                     f"another beamdeploy arbiter already runs with state dir {self.state_dir}", 1
                 )
         owner = self.cfg.uid if self.cfg.uid != os.geteuid() else None
+        # Workers write uploaded artifacts here, as their own user.
+        os.makedirs(self.store.uploads_dir, mode=0o700, exist_ok=True)
+        if owner is not None:
+            os.chown(self.store.uploads_dir, owner, -1)
+            os.chmod(self.state_dir, 0o711)  # workers reach their socket and uploads only
         try:
             self.control = ControlServer(
                 self.control_path, self.selector, self.handle_control, owner, self.log
@@ -119,7 +130,11 @@ class BeamArbiter(Arbiter):
     def run(self) -> None:
         try:
             self.start()
-            self.start_deployment("boot", self.app.release)
+            first = self.app.release
+            if isinstance(first, Release):
+                self.start_deployment("boot", release=first)
+            else:
+                self.start_deployment("boot", artifact=str(first))
             while True:
                 self.loop_once()
         except (StopIteration, KeyboardInterrupt):
@@ -149,11 +164,13 @@ class BeamArbiter(Arbiter):
     def stop(self, graceful: bool = True) -> None:
         """Drain (or quickly stop) every generation, then release the sockets."""
         self.stopping = True
+        for task in self.tasks.values():
+            task.kill()
         if self.deployment is not None and not self.deployment.ended:
-            self.deployment.target.state = GenerationState.FAILED
-            self.deployment.finish(
-                "failed", "arbiter shutting down", "the arbiter is shutting down"
-            )
+            if self.deployment.target is not None:
+                self.deployment.target.state = GenerationState.FAILED
+            self.deployment.finish("failed", "arbiter stopping", "the arbiter is shutting down")
+            self._remember(self.deployment)
         limit = time.monotonic() + (self.cfg.graceful_timeout + KILL_MARGIN if graceful else 2.0)
         for worker in self.all_workers():
             if not graceful:
@@ -189,8 +206,10 @@ class BeamArbiter(Arbiter):
     # -- the loop ---------------------------------------------------------
 
     def loop_once(self) -> None:
-        busy = self.deployment is not None or any(
-            g.state is not GenerationState.SERVING for g in self.generations
+        busy = (
+            self.deployment is not None
+            or bool(self.tasks)
+            or any(g.state is not GenerationState.SERVING for g in self.generations)
         )
         for key, mask in self.selector.select(0.1 if busy else 1.0):
             target = key.data
@@ -198,6 +217,8 @@ class BeamArbiter(Arbiter):
                 self._drain_wakeup_pipe()
             elif isinstance(target, WorkerProcess):
                 self.read_worker(target)
+            elif isinstance(target, Task):
+                target.on_readable()
             elif isinstance(target, ControlConnection):
                 if target.closed:
                     continue
@@ -243,7 +264,7 @@ class BeamArbiter(Arbiter):
         if self.serving is None or self.deployment is not None:
             self.log.warning("HUP ignored: a deployment is in progress")
             return
-        self.start_deployment("restart", self.serving.release)
+        self.start_deployment("restart", release=self.serving.release)
 
     def handle_ttin(self) -> None:
         self.num_workers += 1
@@ -398,6 +419,10 @@ class BeamArbiter(Arbiter):
                 raise
             if not pid:
                 return
+            task = self.tasks.pop(pid, None)
+            if task is not None:
+                task.exited(status)
+                continue
             worker = known.get(pid)
             if worker is None:
                 self.log.debug("Reaped unknown child process %s", pid)
@@ -465,6 +490,12 @@ class BeamArbiter(Arbiter):
     def check_workers(self) -> None:
         """Deadlines: boot timeout while booting, heartbeat while serving, drain limit."""
         now = time.monotonic()
+        for task in self.tasks.values():
+            if now > task.deadline:
+                self.log.error("%s did not finish in time, killing it", task.name)
+                task.text.append(f"killed: {task.name} did not finish in time")
+                task.deadline = float("inf")
+                task.kill()
         for worker in self.all_workers():
             if worker.state in (WorkerState.BOOTING, WorkerState.READY):
                 if now - worker.started > self.cfg.boot_timeout:
@@ -518,222 +549,6 @@ class BeamArbiter(Arbiter):
                     self._begin_drain(worker)
                 else:
                     self._stop_unserved(worker)
-
-    # -- deployments ------------------------------------------------------
-
-    def start_deployment(self, kind: str, release: Release) -> Deployment:
-        self.generation_counter += 1
-        generation = Generation(self.generation_counter, release, self.num_workers)
-        deployment = Deployment(kind=kind, target=generation, previous=self.serving)
-        self.deployment = deployment
-        self.deployments.append(deployment)
-        self.generations.append(generation)
-        self.log.info(
-            "deployment %s (%s): booting %s with %s workers",
-            deployment.id,
-            kind,
-            generation,
-            generation.size,
-        )
-        deployment.record(
-            "booting",
-            f"booting {generation}: 0/{generation.size} ready",
-            ready=0,
-            total=generation.size,
-        )
-        for _ in range(generation.size):
-            if self.deployment is not deployment or deployment.ended:
-                break
-            self.spawn(generation)
-        return deployment
-
-    def deployment_progress(self) -> None:
-        """Step the current deployment as far as the workers' states allow."""
-        deployment = self.deployment
-        if deployment is None:
-            return
-        target = deployment.target
-        if deployment.phase == "stopping":
-            if not target.workers:
-                self._deployment_over()
-            return
-        if deployment.phase == "booting":
-            ready = len(target.in_state(WorkerState.READY))
-            if ready != deployment.events[-1].get("ready"):
-                deployment.record(
-                    "booting",
-                    f"booting {target}: {ready}/{target.size} ready",
-                    ready=ready,
-                    total=target.size,
-                )
-            if ready == target.size:
-                deployment.timings["boot"] = time.time() - deployment.started_at
-                deployment.record("promoting", f"promoting {target}")
-                for worker in target.workers.values():
-                    worker.send({"cmd": "serve"})
-        elif deployment.phase == "promoting":
-            if len(target.in_state(WorkerState.SERVING)) == target.size:
-                self.promote(deployment)
-        if deployment.phase == "draining" and deployment.previous is not None:
-            old = deployment.previous
-            if all(
-                w.stopped_accepting or w.state is WorkerState.STOPPING for w in old.workers.values()
-            ):
-                self.finish_deployment(deployment)
-
-    def promote(self, deployment: Deployment) -> None:
-        target = deployment.target
-        promoted_at = time.time()
-        deployment.timings["promotion"] = (
-            promoted_at - deployment.started_at - deployment.timings["boot"]
-        )
-        target.state = GenerationState.SERVING
-        target.promoted_at = promoted_at
-        old = self.serving
-        self.serving = target
-        self.log.info("deployment %s: %s promoted", deployment.id, target)
-        deployment.record("promoted", f"{target} serves")
-        if deployment.kind == "boot":
-            systemd.sd_notify("READY=1\nSTATUS=beamdeploy serving", self.log)
-        if old is None:
-            self.finish_deployment(deployment)
-            return
-        old.state = GenerationState.DRAINING
-        old.drain_started_at = promoted_at
-        for worker in list(old.workers.values()):
-            if worker.state is WorkerState.SERVING:
-                self._begin_drain(worker)
-            elif worker.state is not WorkerState.DRAINING:
-                self._stop_unserved(worker)
-        deployment.record("draining", f"draining {old} ({len(old.workers)} workers)")
-        self.log.info("deployment %s: draining %s", deployment.id, old)
-        if not old.workers:
-            self.generation_emptied(old)
-        self.deployment_progress()
-
-    def finish_deployment(self, deployment: Deployment) -> None:
-        self.log.info("deployment %s: done, %s serves", deployment.id, deployment.target)
-        deployment.finish("succeeded", f"{deployment.target} serves")
-        self.deployment = None
-
-    def abort_deployment(self, cause: str) -> None:
-        deployment = self.deployment
-        if deployment is None or deployment.ended:
-            return
-        target = deployment.target
-        target.state = GenerationState.FAILED
-        target.failure = cause
-        self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
-        deployment.error = cause
-        deployment.record("stopping", f"stopping {target}: {cause.splitlines()[0]}")
-        for worker in list(target.workers.values()):
-            if worker.state is not WorkerState.STOPPING:
-                self._stop_unserved(worker)
-        if not target.workers:
-            self._deployment_over()
-
-    def _deployment_over(self) -> None:
-        """The failed generation is gone; report the failure now that all is clean."""
-        deployment = self.deployment
-        if deployment is None:
-            return
-        if not deployment.ended:
-            deployment.finish("failed", f"{deployment.target} failed", deployment.error)
-        self.generation_emptied(deployment.target)
-        self.deployment = None
-        if self.serving is None and not self.stopping:
-            cause = (deployment.error or "unknown cause").splitlines()[0]
-            raise HaltServer(f"the first generation failed to boot: {cause}", 3)
-
-    # -- control requests -------------------------------------------------
-
-    def handle_control(self, request: dict[str, Any], conn: ControlConnection) -> None:
-        op = request["op"]
-        if op == "ping":
-            conn.reply({"pid": self.pid})
-        elif op == "status":
-            conn.reply(self.status())
-        elif op == "upgrade":
-            self.control_upgrade(request, conn)
-        elif op == "deployments":
-            conn.reply({"deployments": [d.describe() for d in reversed(self.deployments)]})
-        elif op == "deployment":
-            deployment = self._find_deployment(request.get("id"))
-            if deployment is None:
-                conn.fail("not_found", f"no deployment with id {request.get('id')!r}")
-            elif request.get("follow"):
-                self._follow(deployment, conn)
-            else:
-                conn.reply(deployment.describe())
-        else:
-            conn.fail("unknown_op", f"unknown control operation {op!r}")
-
-    def control_upgrade(self, request: dict[str, Any], conn: ControlConnection) -> None:
-        path = request.get("release")
-        if not isinstance(path, str) or not path:
-            conn.fail("bad_request", "'release' must be the path of a release directory")
-            return
-        if self.deployment is not None:
-            conn.fail(
-                "upgrade_in_progress",
-                f"upgrade in progress: deployment {self.deployment.id} "
-                f"({self.deployment.phase}); try again when it has ended",
-            )
-            return
-        if self.serving is None or self.stopping:
-            conn.fail("unavailable", "the arbiter is not serving")
-            return
-        try:
-            release = Release.load(path)
-        except ReleaseError as exc:
-            conn.fail("invalid_release", str(exc))
-            return
-        deployment = self.start_deployment("upgrade", release)
-        if request.get("follow"):
-            self._follow(deployment, conn)
-        else:
-            conn.reply(deployment.describe())
-
-    def _follow(self, deployment: Deployment, conn: ControlConnection) -> None:
-        for event in deployment.events:
-            conn.send({"event": event})
-        if deployment.ended:
-            conn.reply(deployment.describe())
-            return
-
-        def forward(event: dict[str, Any]) -> None:
-            conn.send({"event": event})
-            if deployment.ended:
-                conn.reply(deployment.describe())
-
-        deployment.listeners.append(forward)
-
-    def _find_deployment(self, deployment_id: Any) -> Deployment | None:
-        for deployment in self.deployments:
-            if deployment.id == deployment_id:
-                return deployment
-        return None
-
-    def status(self) -> dict[str, Any]:
-        def generations(state: GenerationState) -> list[dict[str, Any]]:
-            return [g.describe() for g in self.generations if g.state is state]
-
-        return {
-            "arbiter": {
-                "pid": self.pid,
-                "version": __version__,
-                "state_dir": self.state_dir,
-                "listeners": [describe(s) for s in self.LISTENERS],
-                "workers": self.num_workers,
-                "started_at": self.started_at,
-            },
-            "serving": self.serving.describe() if self.serving else None,
-            "booting": generations(GenerationState.BOOTING),
-            "draining": generations(GenerationState.DRAINING),
-            "upgrading": self.deployment is not None,
-            "deployment": self.deployment.describe() if self.deployment else None,
-            "deployments": [d.describe() for d in reversed(self.deployments)][:10],
-        }
 
 
 def _exit_description(status: int) -> str:

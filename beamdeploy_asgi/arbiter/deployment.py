@@ -9,19 +9,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beamdeploy_asgi.arbiter.generation import Generation
+from beamdeploy_asgi.releases.release import Release
 
 Listener = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class Deployment:
-    """Phases: booting -> promoting -> draining -> done, or failed at any step."""
+    """Phases: [installing ->] [preflight ->] booting -> promoting -> promoted ->
+    draining -> done; or stopping -> failed (or straight to failed) at any step."""
 
     kind: str
-    target: Generation
     previous: Generation | None
+    release: Release | None = None
+    artifact: str | None = None
+    target: Generation | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(6))
-    phase: str = "booting"
+    phase: str = "starting"
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     drained_at: float | None = None
@@ -50,12 +54,22 @@ class Deployment:
         self.listeners.clear()
 
     def describe(self) -> dict[str, Any]:
+        record = self.summary()
+        record["events"] = list(self.events)
+        return record
+
+    def summary(self) -> dict[str, Any]:
+        """What the history file keeps: everything but the events."""
+        if self.release is not None:
+            to: dict[str, Any] | None = self.release.describe()
+        else:
+            to = {"artifact": self.artifact}
         return {
             "id": self.id,
             "kind": self.kind,
             "from": self.previous.release.describe() if self.previous else None,
-            "to": self.target.release.describe(),
-            "generation": self.target.number,
+            "to": to,
+            "generation": self.target.number if self.target else None,
             "phase": self.phase,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
@@ -63,5 +77,4 @@ class Deployment:
             "outcome": self.outcome,
             "error": self.error,
             "timings": dict(self.timings),
-            "events": list(self.events),
         }

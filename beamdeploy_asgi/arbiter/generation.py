@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.workers.workertmp import WorkerTmp
 
-from beamdeploy_asgi.release import Release
+from beamdeploy_asgi.releases.release import Release
 
 
 class GenerationState(str, enum.Enum):

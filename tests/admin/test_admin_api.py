@@ -157,9 +157,9 @@ def test_events_stream_the_phases_in_order(admin, releases):
             elif line.startswith("data: "):
                 events.append((name, json.loads(line[len("data: ") :])))
     names = [name for name, _ in events]
-    assert names[0] == "booting"
+    assert names[0] == "preflight"
     order = [n for n in dict.fromkeys(names)]
-    assert order == ["booting", "promoting", "promoted", "draining", "done", "end"]
+    assert order == ["preflight", "booting", "promoting", "promoted", "draining", "done", "end"]
     assert events[-1][1]["outcome"] == "succeeded"
 
 

@@ -1,0 +1,344 @@
+"""How the arbiter takes a deployment from a request to a serving generation.
+
+    [installing]  an artifact becomes a release in the store (subprocess)
+    [preflight]   the app is imported once in the release's interpreter (subprocess)
+    booting       every worker of the new generation boots, in parallel
+    promoting     all READY: each is told to accept
+    promoted      the new generation serves; STATE_DIR/current points at it
+    draining      the old generation stops accepting and drains
+    done          every old worker stopped accepting
+
+A failure before promotion stops whatever was started and leaves the serving
+generation as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gunicorn import systemd
+from gunicorn.errors import HaltServer
+
+from beamdeploy_asgi.arbiter.deployment import Deployment
+from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
+from beamdeploy_asgi.arbiter.tasks import Task
+from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.releases.release import Release
+
+INSTALL_TIMEOUT = 900.0
+
+
+class Deployments:
+    """Mixin of BeamArbiter; the attributes it uses are set in BeamArbiter.__init__."""
+
+    # -- starting ----------------------------------------------------------
+
+    def start_deployment(
+        self: Any,
+        kind: str,
+        *,
+        release: Release | None = None,
+        artifact: str | None = None,
+        preflight: bool = False,
+        remove_after: bool = False,
+    ) -> Deployment:
+        deployment = Deployment(
+            kind=kind, previous=self.serving, release=release, artifact=artifact
+        )
+        self.deployment = deployment
+        self.deployments.append(deployment)
+        self.log.info("deployment %s (%s): %s", deployment.id, kind, release or artifact)
+        if artifact is not None:
+            self._install(deployment, artifact, remove_after)
+        else:
+            self._release_ready(deployment, preflight)
+        return deployment
+
+    def _install(self: Any, deployment: Deployment, artifact: str, remove_after: bool) -> None:
+        deployment.record("installing", f"installing {Path(artifact).name}")
+        started = time.monotonic()
+
+        def on_line(message: dict[str, Any]) -> None:
+            if "progress" in message:
+                deployment.record("installing", str(message["progress"]))
+
+        def on_exit(task: Task) -> None:
+            if remove_after:
+                _unlink(artifact)
+            if self.deployment is not deployment:
+                return
+            deployment.timings["install"] = time.monotonic() - started
+            result = task.last("result")
+            if task.returncode != 0 or not isinstance(result, dict):
+                cause = task.last("error") or _died(task, "the install")
+                self._fail_early(deployment, f"install failed: {cause}")
+                return
+            try:
+                deployment.release = Release.load(result["path"])
+            except ReleaseError as exc:
+                self._fail_early(deployment, f"install failed: {exc}")
+                return
+            self._release_ready(deployment, preflight=True)
+
+        self._start_task(
+            "install",
+            [
+                sys.executable,
+                "-m",
+                "beamdeploy_asgi.releases.install",
+                artifact,
+                "--state-dir",
+                self.state_dir,
+                "--max-bytes",
+                str(self.cfg.artifact_max_size),
+                "--max-files",
+                str(self.cfg.artifact_max_files),
+            ],
+            on_line=on_line,
+            on_exit=on_exit,
+            timeout=INSTALL_TIMEOUT,
+        )
+
+    def _release_ready(self: Any, deployment: Deployment, preflight: bool) -> None:
+        release = deployment.release
+        assert release is not None
+        if not preflight:
+            self._boot(deployment)
+            return
+        deployment.record("preflight", f"importing {release.app} in {release}")
+        started = time.monotonic()
+
+        def on_exit(task: Task) -> None:
+            if self.deployment is not deployment:
+                return
+            deployment.timings["preflight"] = time.monotonic() - started
+            if task.returncode == 0:
+                self._boot(deployment)
+                return
+            cause = task.last("error") or _died(task, "the preflight import")
+            tail = task.last("traceback")
+            self._fail_early(deployment, f"preflight: {cause}" + (f"\n{tail}" if tail else ""))
+
+        env = dict(os.environ)
+        if release.path is not None:
+            env["VIRTUAL_ENV"] = os.path.join(release.path, "venv")
+        self._start_task(
+            "preflight",
+            [
+                release.python,
+                "-m",
+                "beamdeploy_asgi.releases.preflight",
+                release.app,
+                *release.pythonpath,
+            ],
+            on_line=lambda message: None,
+            on_exit=on_exit,
+            timeout=self.cfg.boot_timeout,
+            env=env,
+            cwd=self.cfg.chdir,
+        )
+
+    def _start_task(self: Any, name: str, argv: list[str], **kwargs: Any) -> None:
+        try:
+            task = Task(name, argv, selector=self.selector, **kwargs)
+        except OSError as exc:
+            self._fail_early(self.deployment, f"{name} could not start: {exc}")
+            return
+        self.tasks[task.pid] = task
+
+    def _boot(self: Any, deployment: Deployment) -> None:
+        release = deployment.release
+        assert release is not None
+        self.generation_counter += 1
+        generation = Generation(self.generation_counter, release, self.num_workers)
+        deployment.target = generation
+        self.generations.append(generation)
+        self.log.info(
+            "deployment %s: booting %s with %s workers", deployment.id, generation, generation.size
+        )
+        deployment.record(
+            "booting",
+            f"booting {generation}: 0/{generation.size} ready",
+            ready=0,
+            total=generation.size,
+        )
+        for _ in range(generation.size):
+            if self.deployment is not deployment or deployment.ended:
+                break
+            self.spawn(generation)
+
+    # -- stepping ------------------------------------------------------------
+
+    def deployment_progress(self: Any) -> None:
+        """Step the current deployment as far as the workers' states allow."""
+        deployment = self.deployment
+        if deployment is None or deployment.target is None:
+            return
+        target = deployment.target
+        if deployment.phase == "stopping":
+            if not target.workers:
+                self._deployment_over()
+            return
+        if deployment.phase == "booting":
+            ready = len(target.in_state(WorkerState.READY))
+            if ready != deployment.events[-1].get("ready"):
+                deployment.record(
+                    "booting",
+                    f"booting {target}: {ready}/{target.size} ready",
+                    ready=ready,
+                    total=target.size,
+                )
+            if ready == target.size:
+                deployment.timings["boot"] = time.time() - deployment.started_at
+                deployment.record("promoting", f"promoting {target}")
+                for worker in target.workers.values():
+                    worker.send({"cmd": "serve"})
+        elif deployment.phase == "promoting":
+            if len(target.in_state(WorkerState.SERVING)) == target.size:
+                self.promote(deployment)
+        if deployment.phase == "draining" and deployment.previous is not None:
+            if all(
+                w.stopped_accepting or w.state is WorkerState.STOPPING
+                for w in deployment.previous.workers.values()
+            ):
+                self.finish_deployment(deployment)
+
+    def promote(self: Any, deployment: Deployment) -> None:
+        target = deployment.target
+        promoted_at = time.time()
+        deployment.timings["promotion"] = (
+            promoted_at - deployment.started_at - deployment.timings["boot"]
+        )
+        target.state = GenerationState.SERVING
+        target.promoted_at = promoted_at
+        old = self.serving
+        self.serving = target
+        if target.release.path is not None:
+            self.store.set_current(target.release.path)
+        self.log.info("deployment %s: %s promoted", deployment.id, target)
+        deployment.record("promoted", f"{target} serves")
+        if deployment.kind == "boot":
+            systemd.sd_notify("READY=1\nSTATUS=beamdeploy serving", self.log)
+        if old is None:
+            self.finish_deployment(deployment)
+            return
+        old.state = GenerationState.DRAINING
+        old.drain_started_at = promoted_at
+        for worker in list(old.workers.values()):
+            if worker.state is WorkerState.SERVING:
+                self._begin_drain(worker)
+            elif worker.state is not WorkerState.DRAINING:
+                self._stop_unserved(worker)
+        deployment.record("draining", f"draining {old} ({len(old.workers)} workers)")
+        self.log.info("deployment %s: draining %s", deployment.id, old)
+        if not old.workers:
+            self.generation_emptied(old)
+        self.deployment_progress()
+
+    # -- ending ----------------------------------------------------------------
+
+    def finish_deployment(self: Any, deployment: Deployment) -> None:
+        self.log.info("deployment %s: done, %s serves", deployment.id, deployment.target)
+        deployment.finish("succeeded", f"{deployment.target} serves")
+        self.deployment = None
+        self._remember(deployment)
+        self._prune(deployment)
+
+    def abort_deployment(self: Any, cause: str) -> None:
+        deployment = self.deployment
+        if deployment is None or deployment.ended or deployment.target is None:
+            return
+        target = deployment.target
+        target.state = GenerationState.FAILED
+        target.failure = cause
+        self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
+        deployment.error = cause
+        deployment.record("stopping", f"stopping {target}: {cause.splitlines()[0]}")
+        for worker in list(target.workers.values()):
+            if worker.state is not WorkerState.STOPPING:
+                self._stop_unserved(worker)
+        if not target.workers:
+            self._deployment_over()
+
+    def _deployment_over(self: Any) -> None:
+        """The failed generation is gone; report the failure now that all is clean."""
+        deployment = self.deployment
+        if deployment is None:
+            return
+        if not deployment.ended:
+            deployment.finish("failed", f"{deployment.target} failed", deployment.error)
+        self.generation_emptied(deployment.target)
+        self._end_failed(deployment)
+
+    def _fail_early(self: Any, deployment: Deployment, cause: str) -> None:
+        """A failure before any worker started: nothing to stop."""
+        self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
+        deployment.finish("failed", cause.splitlines()[0], cause)
+        self._end_failed(deployment)
+
+    def _end_failed(self: Any, deployment: Deployment) -> None:
+        self.deployment = None
+        self._remember(deployment)
+        if self.serving is None and not self.stopping:
+            cause = (deployment.error or "unknown cause").splitlines()[0]
+            raise HaltServer(f"the first generation failed to boot: {cause}", 3)
+
+    def _remember(self: Any, deployment: Deployment) -> None:
+        try:
+            self.store.append_history(deployment.summary())
+        except OSError as exc:
+            self.log.error("cannot write %s: %s", self.store.history_file, exc)
+
+    def _prune(self: Any, deployment: Deployment) -> None:
+        protected = {g.release.path for g in self.generations if g.release.path}
+        if deployment.previous is not None and deployment.previous.release.path:
+            protected.add(deployment.previous.release.path)
+        current = self.store.current()
+        if current is not None:
+            protected.add(str(current))
+        for path in self.store.prune(self.cfg.keep_releases, protected):
+            self.log.info("removed old release %s (keeping %s)", path, self.cfg.keep_releases)
+
+    # -- rollback --------------------------------------------------------------
+
+    def rollback_target(self: Any, version: str | None) -> str:
+        """The release to roll back to; raises LookupError saying why there is none."""
+        serving = self.serving.release.path if self.serving else None
+        if version is None:
+            for record in self.recent_deployments(limit=1000):
+                if record["kind"] in ("boot", "restart") or record["outcome"] != "succeeded":
+                    continue
+                if (record.get("to") or {}).get("path") != serving:
+                    continue
+                previous = (record.get("from") or {}).get("path")
+                if previous and previous != serving and Path(previous).is_dir():
+                    return previous
+                break
+            raise LookupError("no previous release to roll back to")
+        for release in reversed(self.store.releases()):
+            if release["version"] == version:
+                return release["path"]
+        for record in self.recent_deployments(limit=1000):
+            for side in ("to", "from"):
+                release = record.get(side) or {}
+                path = release.get("path")
+                if release.get("version") == version and path and Path(path).is_dir():
+                    return path
+        raise LookupError(f"no kept release has version {version!r}")
+
+
+def _died(task: Task, what: str) -> str:
+    tail = task.output_tail()
+    how = f"exited with code {task.returncode}" if task.returncode is not None else "died"
+    return f"{what} {how}" + (f":\n{tail}" if tail else "")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,1 @@
+"""Releases: immutable directories, the artifacts they come from, and the store."""

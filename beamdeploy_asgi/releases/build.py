@@ -1,0 +1,260 @@
+"""`beamdeploy build`: one artifact holding the app and every wheel it needs.
+
+The artifact installs with no network: the release store builds the venv
+from the bundled wheels alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from beamdeploy_asgi import __version__
+from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.releases.manifest import (
+    SAFE_NAME,
+    ArtifactManifest,
+    this_platform,
+    this_python,
+)
+from beamdeploy_asgi.releases.release import MANIFEST, check_app_spec
+
+Progress = Callable[[str], None]
+SKIPPED = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "*.pyc",
+    ".beamdeploy",
+    "dist",
+    "build",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+)
+
+
+def build(
+    project_dir: str | os.PathLike[str],
+    outdir: str | os.PathLike[str] = "dist",
+    *,
+    app: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    progress: Progress = print,
+) -> Path:
+    """Build NAME-VERSION.tar.gz from a project and return its path."""
+    project = Path(project_dir).resolve()
+    if not project.is_dir():
+        raise ReleaseError(f"{project_dir} is not a directory")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="beamdeploy-build-") as tmp:
+        staging = Path(tmp) / "release"
+        wheels = staging / "wheels"
+        wheels.mkdir(parents=True)
+        if (project / "pyproject.toml").is_file():
+            meta = _pyproject(project, app, name, version)
+            pythonpath: list[str] = []
+            progress(f"building the wheel of {meta['name']} {meta['version']}")
+            _pip_wheel(wheels, ["--no-deps", str(project)])
+            requirements = _locked_requirements(project, Path(tmp), progress)
+            progress(
+                "collecting dependency wheels"
+                + (f" from {requirements.name}" if requirements else "")
+            )
+            if requirements is not None:
+                _pip_wheel(wheels, ["-r", str(requirements)])
+            else:
+                _pip_wheel(wheels, [str(project)])
+        else:
+            meta = _unpackaged(project, app, name, version)
+            pythonpath = ["app"]
+            progress(f"copying the app source of {meta['name']} {meta['version']}")
+            shutil.copytree(project, staging / "app", ignore=SKIPPED)
+            progress("collecting dependency wheels from requirements.txt")
+            _pip_wheel(wheels, ["-r", str(project / "requirements.txt")])
+        if not any(w.name.startswith("beamdeploy_asgi-") for w in wheels.iterdir()):
+            progress(f"bundling beamdeploy-asgi {__version__} (the worker side)")
+            _bundle_beamdeploy(wheels)
+        progress("writing the manifest with the checksum of every file")
+        manifest = ArtifactManifest(
+            name=meta["name"],
+            version=meta["version"],
+            app=meta["app"],
+            python=this_python(),
+            platform=_platform(wheels),
+            built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            files=_checksums(staging),
+            pythonpath=pythonpath,
+        )
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2))
+        out = Path(outdir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        artifact = out / f"{manifest.name}-{manifest.version}.tar.gz"
+        _pack(staging, artifact)
+    size = artifact.stat().st_size / 1e6
+    progress(
+        f"built {artifact} ({size:.1f} MB, {len(manifest.wheels)} wheels, "
+        f"{time.monotonic() - started:.1f}s)"
+    )
+    return artifact
+
+
+def _pyproject(project: Path, app: str | None, name: str | None, version: str | None) -> dict:
+    try:
+        data = tomllib.loads((project / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ReleaseError(f"{project / 'pyproject.toml'} cannot be read: {exc}") from None
+    table = data.get("project", {})
+    meta = {
+        "name": name or table.get("name"),
+        "version": version or table.get("version"),
+        "app": app or data.get("tool", {}).get("beamdeploy", {}).get("app"),
+    }
+    return _checked(
+        meta,
+        project,
+        "[project] or --name",
+        "[project] or --version",
+        "[tool.beamdeploy] app or --app",
+    )
+
+
+def _unpackaged(project: Path, app: str | None, name: str | None, version: str | None) -> dict:
+    if not (project / "requirements.txt").is_file():
+        raise ReleaseError(
+            f"{project} has neither pyproject.toml nor requirements.txt: nothing says what "
+            "the app needs"
+        )
+    meta = {"name": name or project.name, "version": version, "app": app}
+    return _checked(meta, project, "--name", "--version", "--app")
+
+
+def _checked(meta: dict, project: Path, *where: str) -> dict:
+    for (key, value), source in zip(meta.items(), where, strict=True):
+        if not isinstance(value, str) or not value:
+            raise ReleaseError(f"{project}: no {key} for the release (give it in {source})")
+    for key in ("name", "version"):
+        if not SAFE_NAME.match(meta[key]):
+            raise ReleaseError(f"{key} {meta[key]!r} must be letters, digits and ._+-")
+    check_app_spec(meta["app"], where=str(project))
+    return meta
+
+
+def _locked_requirements(project: Path, tmp: Path, progress: Progress) -> Path | None:
+    """uv.lock (exported), else requirements.txt, else None (resolve from metadata)."""
+    if (project / "uv.lock").is_file():
+        uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+        if uv is None:
+            raise ReleaseError(f"{project} has uv.lock; install uv to honour it")
+        exported = tmp / "uv-lock-requirements.txt"
+        progress("exporting uv.lock")
+        _run(
+            [
+                uv,
+                "export",
+                "--frozen",
+                "--no-hashes",
+                "--no-emit-project",
+                "--no-dev",
+                "-o",
+                str(exported),
+            ],
+            cwd=project,
+        )
+        return exported
+    if (project / "requirements.txt").is_file():
+        return project / "requirements.txt"
+    return None
+
+
+def _pip_wheel(wheels: Path, args: list[str]) -> None:
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(wheels),
+            *args,
+        ]
+    )
+
+
+def _bundle_beamdeploy(wheels: Path) -> None:
+    source = Path(__file__).resolve().parents[2]
+    if (source / "pyproject.toml").is_file() and "beamdeploy-asgi" in (
+        source / "pyproject.toml"
+    ).read_text():
+        _pip_wheel(wheels, [str(source)])
+    else:
+        _pip_wheel(wheels, [f"beamdeploy-asgi=={__version__}"])
+
+
+def _run(command: list[str], cwd: Path | None = None) -> None:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        raise ReleaseError(f"{' '.join(command[:4])} ... failed:\n" + "\n".join(detail))
+
+
+def _platform(wheels: Path) -> str:
+    """'any' when every wheel is pure Python, else this machine's platform."""
+    pure = all(w.name.endswith("-none-any.whl") for w in wheels.glob("*.whl"))
+    return "any" if pure else this_platform()
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    sums = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            sums[path.relative_to(root).as_posix()] = sha256_file(path)
+    return sums
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _pack(staging: Path, artifact: Path) -> None:
+    """Regular files and directories only, owned by nobody in particular."""
+
+    def clean(info: tarfile.TarInfo) -> Any:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    partial = artifact.with_name(artifact.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for path in sorted(staging.rglob("*")):
+            if path.is_symlink():
+                continue
+            tar.add(
+                path, arcname=path.relative_to(staging).as_posix(), recursive=False, filter=clean
+            )
+    partial.replace(artifact)

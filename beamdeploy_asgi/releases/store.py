@@ -1,0 +1,124 @@
+"""The release store: installed releases, the current one, and the history.
+
+STATE_DIR/
+    control.sock        the arbiter's control socket
+    current             symlink to the release the service runs
+    history.jsonl       one line per finished deployment
+    releases/NAME-VERSION/   installed releases (manifest, venv)
+    uploads/            artifacts received over HTTP, until installed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.releases.release import MANIFEST, Release
+
+DIGEST_FILE = ".artifact-sha256"
+INSTALLED_FILE = ".installed-at"
+
+
+class ReleaseStore:
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.state_dir = Path(state_dir)
+        self.releases_dir = self.state_dir / "releases"
+        self.uploads_dir = self.state_dir / "uploads"
+        self.current_link = self.state_dir / "current"
+        self.history_file = self.state_dir / "history.jsonl"
+
+    # -- installed releases ---------------------------------------------
+
+    def releases(self) -> list[dict[str, Any]]:
+        """Installed releases, oldest first."""
+        found = []
+        if not self.releases_dir.is_dir():
+            return found
+        for path in self.releases_dir.iterdir():
+            if path.name.startswith(".") or not (path / MANIFEST).is_file():
+                continue
+            try:
+                release = Release.load(path)
+            except ReleaseError:
+                continue
+            found.append({**release.describe(), "installed_at": _installed_at(path)})
+        return sorted(found, key=lambda r: r["installed_at"])
+
+    def find_by_digest(self, digest: str) -> Path | None:
+        for release in self.releases():
+            path = Path(release["path"])
+            if (path / DIGEST_FILE).is_file() and (
+                path / DIGEST_FILE
+            ).read_text().strip() == digest:
+                return path
+        return None
+
+    def prune(self, keep: int, protected: set[str]) -> list[str]:
+        """Remove the oldest releases beyond `keep`, never a protected one."""
+        removable = [r["path"] for r in self.releases() if r["path"] not in protected]
+        excess = len(self.releases()) - keep
+        removed = []
+        for path in removable[: max(excess, 0)]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        return removed
+
+    # -- current ------------------------------------------------------------
+
+    def current(self) -> Path | None:
+        try:
+            target = os.readlink(self.current_link)
+        except OSError:
+            return None
+        return Path(target)
+
+    def set_current(self, release_path: str) -> None:
+        """Point `current` at the release in one rename, so it is never half-written."""
+        staging = self.current_link.with_name(f".current-{os.getpid()}")
+        try:
+            staging.unlink()
+        except FileNotFoundError:
+            pass
+        os.symlink(release_path, staging)
+        os.replace(staging, self.current_link)
+
+    # -- history --------------------------------------------------------------
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        with open(self.history_file, "a", encoding="utf-8") as history:
+            history.write(json.dumps(record) + "\n")
+            history.flush()
+            os.fsync(history.fileno())
+
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The last `limit` deployments, newest first; a torn last line is skipped."""
+        try:
+            lines = self.history_file.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in reversed(lines):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+            if len(records) >= limit:
+                break
+        return records
+
+
+def _installed_at(path: Path) -> float:
+    try:
+        return float((path / INSTALLED_FILE).read_text())
+    except (OSError, ValueError):
+        return path.stat().st_mtime
+
+
+def mark_installed(path: Path, digest: str) -> None:
+    (path / DIGEST_FILE).write_text(digest + "\n")
+    (path / INSTALLED_FILE).write_text(f"{time.time()}\n")
