@@ -78,6 +78,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         self.store = ReleaseStore(self.state_dir)
         self.past = self.store.history()
         self.tasks: dict[int, Task] = {}
+        self.previous_release: str | None = None
         self._wakeup_r = self._wakeup_w = -1
 
     # -- start and stop -------------------------------------------------
@@ -486,6 +487,8 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         if generation.state in (GenerationState.STOPPED, GenerationState.FAILED):
             if generation in self.generations:
                 self.generations.remove(generation)
+            if generation.stopped_at is not None:
+                self.prune_store()  # its release may go now that nothing runs it
 
     def check_workers(self) -> None:
         """Deadlines: boot timeout while booting, heartbeat while serving, drain limit."""

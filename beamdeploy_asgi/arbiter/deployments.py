@@ -245,8 +245,10 @@ class Deployments:
         self.log.info("deployment %s: done, %s serves", deployment.id, deployment.target)
         deployment.finish("succeeded", f"{deployment.target} serves")
         self.deployment = None
+        if deployment.previous is not None:
+            self.previous_release = deployment.previous.release.path
         self._remember(deployment)
-        self._prune(deployment)
+        self.prune_store()
 
     def abort_deployment(self: Any, cause: str) -> None:
         deployment = self.deployment
@@ -293,10 +295,11 @@ class Deployments:
         except OSError as exc:
             self.log.error("cannot write %s: %s", self.store.history_file, exc)
 
-    def _prune(self: Any, deployment: Deployment) -> None:
+    def prune_store(self: Any) -> None:
+        """Keep `keep_releases`; never a release that runs, the current or the previous one."""
         protected = {g.release.path for g in self.generations if g.release.path}
-        if deployment.previous is not None and deployment.previous.release.path:
-            protected.add(deployment.previous.release.path)
+        if self.previous_release:
+            protected.add(self.previous_release)
         current = self.store.current()
         if current is not None:
             protected.add(str(current))
