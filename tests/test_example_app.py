@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
     demo = tmp_path / "example_app"
     shutil.copytree(
-        REPO / "example_app", demo, ignore=shutil.ignore_patterns(".venv", "releases", ".beam*")
+        REPO / "example_app", demo, ignore=shutil.ignore_patterns(".venv", "dist", ".beam*")
     )
     port = free_port()
     env = {**os.environ, "PORT": str(port), "BEAMDEPLOY_SOURCE": str(REPO)}
@@ -33,14 +33,7 @@ def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
         start_new_session=True,
     )
     try:
-        page = None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/")
-                break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        page = wait_for_page(port, proc)
         assert page is not None, (tmp_path / "demo.log").read_text()
         assert "Release 1.0.0" in page.text
         assert "generation <b>1</b>" in page.text
@@ -58,6 +51,20 @@ def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
         assert "done" in deployed.stdout
         page = httpx.get(f"http://127.0.0.1:{port}/")
         assert "Release 1.1.0" in page.text and "generation <b>2</b>" in page.text
+
+        # Restarted, the demo boots what was deployed last.
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        proc = subprocess.Popen(
+            ["./start.sh"],
+            cwd=demo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        page = wait_for_page(port, proc)
+        assert "Release 1.1.0" in page.text and "generation <b>1</b>" in page.text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -66,3 +73,13 @@ def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def wait_for_page(port: int, proc: subprocess.Popen) -> httpx.Response | None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/")
+        except httpx.TransportError:
+            time.sleep(0.5)
+    return None

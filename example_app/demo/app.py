@@ -25,7 +25,8 @@ code {{ background: #eee; padding: 0 .3rem; }}
 <p>generation <b>{generation}</b>, worker pid <b>{pid}</b></p>
 <p>{status}</p>
 <p>Ship a new version from another terminal:
-<code>cd example_app &amp;&amp; ./deploy.sh 1.1.0</code>, then reload this page.</p>
+<code>cd example_app &amp;&amp; ./deploy.sh 1.1.0</code>, then reload this page.
+Go back with <code>.venv/bin/beamdeploy rollback --state-dir .beamdeploy</code>.</p>
 </main></body></html>
 """
 
