@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from beamdeploy_asgi.releases.build import build  # noqa: E402
-from tests.releases.conftest import write_project  # noqa: E402
+from tests.support.artifacts import write_project  # noqa: E402
 
 
 def install_once(artifact: Path, installer: str, work: Path, run: int) -> float:

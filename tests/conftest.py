@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.artifacts import Artifacts
 from tests.support.releases import ReleaseFactory, build_wheel, versioned_app
 from tests.support.server import ServerProcess
 
@@ -56,3 +57,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         # Shown by pytest only when the test failed.
         print(f"--- {server.log_path} (last 60 lines) ---")
         print("\n".join(server.log().splitlines()[-60:]))
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    return Artifacts(tmp_path_factory.mktemp("artifacts"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,10 @@ def doc_script() -> str:
     return "\n".join(block for block in blocks if "curl" in block or "URL=" in block)
 
 
-def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, tmp_path: Path):
+def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, artifacts, tmp_path):
+    dist = tmp_path / "srv-dist"
+    dist.mkdir()
+    shutil.copy(artifacts["1.7.0"], dist / "myapp-1.7.0.tar.gz")
     release_dir = tmp_path / "srv-releases"
     factory = ReleaseFactory(release_dir, release_factory.wheel)
     v14 = factory.make("1.4.0", versioned_app("1.4.0"), dirname="1.4.0")
@@ -37,6 +41,7 @@ def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, tmp_pat
         doc_script()
         .replace("http://127.0.0.1:8000", server.url)
         .replace("/srv/myapp/releases", str(release_dir))
+        .replace("/srv/myapp/dist", str(dist))
     )
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
@@ -52,4 +57,16 @@ def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, tmp_pat
     assert '"outcome":"succeeded"' in out
     assert "event: end" in out
     assert '"openapi":"3.0.3"' in out
-    assert server.status()["serving"]["release"]["version"] == "1.6.0"
+    status = server.status()
+    assert status["serving"]["release"]["version"] == "1.6.0"
+    kinds = [d["kind"] for d in status["deployments"]]
+    # upgrade 1.5.0, upload 1.7.0, upgrade 1.6.0, rollback (to 1.7.0), rollback --to 1.6.0
+    assert kinds[:6] == ["rollback", "rollback", "upgrade", "upgrade", "upgrade", "boot"]
+    assert [d["to"]["version"] for d in status["deployments"][:5]] == [
+        "1.6.0",
+        "1.7.0",
+        "1.6.0",
+        "1.7.0",
+        "1.5.0",
+    ]
+    assert all(d["outcome"] == "succeeded" for d in status["deployments"])

@@ -1,67 +1,8 @@
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-
-from beamdeploy_asgi.releases.build import build
-
-SAMPLE_APP = """
-import asyncio, os
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-
-async def home(request):
-    generation = os.environ.get("BEAMDEPLOY_GENERATION")
-    return PlainTextResponse(f"{VERSION} sample gen={generation}")
-
-app = Starlette(routes=[Route("/", home)])
-"""
-
-
-def write_project(root: Path, version: str) -> Path:
-    """A packaged sample project: pyproject.toml with [tool.beamdeploy] app."""
-    project = root / f"sample-src-{version}"
-    (project / "sample").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""
-            [build-system]
-            requires = ["hatchling"]
-            build-backend = "hatchling.build"
-
-            [project]
-            name = "sample"
-            version = "{version}"
-            dependencies = ["starlette"]
-
-            [tool.beamdeploy]
-            app = "sample.app:app"
-            """
-        )
-    )
-    (project / "sample" / "__init__.py").write_text("")
-    (project / "sample" / "app.py").write_text(f'VERSION = "{version}"\n' + SAMPLE_APP)
-    return project
-
-
-class Artifacts:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.built: dict[str, Path] = {}
-
-    def __getitem__(self, version: str) -> Path:
-        if version not in self.built:
-            project = write_project(self.root / "src", version)
-            self.built[version] = build(project, self.root / "dist", progress=lambda _: None)
-        return self.built[version]
-
-
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    return Artifacts(tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture

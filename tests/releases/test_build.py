@@ -9,7 +9,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from tests.releases.conftest import write_project
+from tests.support.artifacts import write_project
 
 
 def read_artifact(artifact: Path) -> tuple[dict, dict[str, bytes]]:
