@@ -75,24 +75,21 @@ def build(
             progress(f"building the wheel of {meta['name']} {meta['version']}")
             _pip_wheel(wheels, ["--no-deps", str(project)])
             requirements = _locked_requirements(project, Path(tmp), progress)
-            progress(
-                "collecting dependency wheels"
-                + (f" from {requirements.name}" if requirements else "")
-            )
-            if requirements is not None:
-                _pip_wheel(wheels, ["-r", str(requirements)])
-            else:
-                _pip_wheel(wheels, [str(project)])
+            wanted = ["-r", str(requirements)] if requirements else [str(project)]
+            source = requirements.name if requirements else "the project's metadata"
         else:
             meta = _unpackaged(project, app, name, version)
             pythonpath = ["app"]
             progress(f"copying the app source of {meta['name']} {meta['version']}")
             shutil.copytree(project, staging / "app", ignore=SKIPPED)
-            progress("collecting dependency wheels from requirements.txt")
-            _pip_wheel(wheels, ["-r", str(project / "requirements.txt")])
-        if not any(w.name.startswith("beamdeploy_asgi-") for w in wheels.iterdir()):
+            requirements = project / "requirements.txt"
+            wanted, source = ["-r", str(requirements)], "requirements.txt"
+        if not _mentions_beamdeploy(project, requirements):
+            # Resolved together with the app's requirements, so versions agree.
             progress(f"bundling beamdeploy-asgi {__version__} (the worker side)")
-            _bundle_beamdeploy(wheels)
+            wanted.append(_beamdeploy_requirement())
+        progress(f"collecting dependency wheels from {source}")
+        _pip_wheel(wheels, wanted)
         progress("writing the manifest with the checksum of every file")
         manifest = ArtifactManifest(
             name=meta["name"],
@@ -201,14 +198,19 @@ def _pip_wheel(wheels: Path, args: list[str]) -> None:
     )
 
 
-def _bundle_beamdeploy(wheels: Path) -> None:
+def _mentions_beamdeploy(project: Path, requirements: Path | None) -> bool:
+    files = [requirements] if requirements else [project / "pyproject.toml"]
+    text = " ".join(f.read_text().lower() for f in files if f.is_file())
+    return "beamdeploy-asgi" in text or "beamdeploy_asgi" in text
+
+
+def _beamdeploy_requirement() -> str:
+    """This beamdeploy-asgi: its source tree when it runs from one, else the index."""
     source = Path(__file__).resolve().parents[2]
-    if (source / "pyproject.toml").is_file() and "beamdeploy-asgi" in (
-        source / "pyproject.toml"
-    ).read_text():
-        _pip_wheel(wheels, [str(source)])
-    else:
-        _pip_wheel(wheels, [f"beamdeploy-asgi=={__version__}"])
+    pyproject = source / "pyproject.toml"
+    if pyproject.is_file() and 'name = "beamdeploy-asgi"' in pyproject.read_text():
+        return str(source)
+    return f"beamdeploy-asgi=={__version__}"
 
 
 def _run(command: list[str], cwd: Path | None = None) -> None:

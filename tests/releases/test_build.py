@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -108,3 +109,62 @@ def test_build_refuses_what_it_cannot_build(tmp_path: Path):
             timeout=120,
         )
         assert done.returncode == 1 and message in done.stderr, done.stderr
+
+
+def test_build_honours_uv_lock(tmp_path: Path):
+    project = write_project(tmp_path, "3.0.0")
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('["starlette"]', '["starlette<0.47"]'))
+    uv = Path(sys.executable).parent / "uv"
+    locked = subprocess.run(
+        [str(uv), "lock"], cwd=project, capture_output=True, text=True, timeout=300
+    )
+    assert locked.returncode == 0, locked.stderr
+    # Loosen the requirement without re-locking: the lock, not the metadata, decides.
+    pyproject.write_text(pyproject.read_text().replace('["starlette<0.47"]', '["starlette"]'))
+    done = subprocess.run(
+        [sys.executable, "-m", "beamdeploy_asgi", "build", str(project), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "from uv-lock-requirements.txt" in done.stdout
+    _, files = read_artifact(tmp_path / "o" / "sample-3.0.0.tar.gz")
+    starlette = [name for name in files if name.startswith("wheels/starlette-")]
+    assert len(starlette) == 1 and starlette[0].startswith("wheels/starlette-0.46.")
+
+
+def test_install_with_pip_offline(tmp_path: Path, artifacts, offline):
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beamdeploy_asgi.releases.install",
+            str(artifacts["1.0.0"]),
+            "--state-dir",
+            str(state),
+            "--installer",
+            "pip",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **offline},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])["result"]
+    release = Path(result["path"])
+    assert release == state / "releases" / "sample-1.0.0" and result["reused"] is False
+    imported = subprocess.run(
+        [
+            str(release / "venv" / "bin" / "python"),
+            "-c",
+            "import sample.app, beamdeploy_asgi, uvicorn; print('ok')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.stdout.strip() == "ok", imported.stderr
