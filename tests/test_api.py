@@ -6,9 +6,9 @@ import httpx
 
 from tests.support.releases import versioned_app
 
-SELF_DEPLOYING = versioned_app("self").replace(
-    "app = Starlette(routes=[",
-    """
+SELF_DEPLOYING = versioned_app(
+    "self",
+    extra="""
 import beamdeploy_asgi
 from starlette.concurrency import run_in_threadpool
 
@@ -18,8 +18,8 @@ async def deploy(request):
     done = await run_in_threadpool(beamdeploy_asgi.upgrade, target)
     return JSONResponse({"enabled": beamdeploy_asgi.enabled(), "before": before,
                          "outcome": done["outcome"], "to": done["to"]["version"]})
-
-app = Starlette(routes=[Route("/deploy", deploy), """,
+""",
+    routes='Route("/deploy", deploy), ',
 )
 
 

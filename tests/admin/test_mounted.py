@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.admin.test_admin_api import AUTH, TOKEN
-from tests.support.server import free_port
+from tests.support.server import plain_uvicorn
 
 FASTAPI_APP = """
 import os
@@ -70,38 +66,10 @@ def test_fastapi_app_mounting_the_admin_deploys_itself(serve, releases):
 
 def test_mounted_admin_outside_the_runtime_answers_503(tmp_path: Path):
     (tmp_path / "outside.py").write_text(FASTAPI_APP.replace("{VERSION}", "plain"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMDEPLOY")}
-    env["BEAMDEPLOY_TOKEN"] = TOKEN
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "outside:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        answer = None
-        for _ in range(100):
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/_deploy/status", headers=AUTH)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert answer is not None and answer.status_code == 503
+    with plain_uvicorn(tmp_path, "outside:app", {"BEAMDEPLOY_TOKEN": TOKEN}) as url:
+        answer = httpx.get(f"{url}/_deploy/status", headers=AUTH)
+        assert answer.status_code == 503
         assert answer.json()["error"] == "not_enabled"
         assert "not running under beamdeploy" in answer.json()["detail"]
-        assert httpx.get(f"http://127.0.0.1:{port}/_deploy/health").status_code == 503
-        assert httpx.get(f"http://127.0.0.1:{port}/").json()["version"] == "plain"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        assert httpx.get(f"{url}/_deploy/health").status_code == 503
+        assert httpx.get(f"{url}/").json()["version"] == "plain"

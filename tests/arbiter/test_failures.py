@@ -18,48 +18,14 @@ IMPORT_ERROR = """
 raise RuntimeError("boom at import time")
 """
 
-LIFESPAN_RAISES = versioned_app("bad-lifespan").replace(
-    "app = Starlette(routes=[",
-    """
-import contextlib
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-    raise ConnectionError("database unreachable at startup")
-    yield
-
-app = Starlette(lifespan=lifespan, routes=[""",
+LIFESPAN_RAISES = versioned_app(
+    "bad-lifespan", lifespan='raise ConnectionError("database unreachable at startup")'
 )
-
 HEALTH_500 = versioned_app("bad-health").replace(
     'return JSONResponse({"ok": True})', 'return JSONResponse({"ok": False}, status_code=500)'
 )
-
-LIFESPAN_HANGS = versioned_app("hangs").replace(
-    "app = Starlette(routes=[",
-    """
-import contextlib
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-    await asyncio.sleep(3600)
-    yield
-
-app = Starlette(lifespan=lifespan, routes=[""",
-)
-
-SLOW_BOOT = versioned_app("slow-boot").replace(
-    "app = Starlette(routes=[",
-    """
-import contextlib
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-    await asyncio.sleep(4)
-    yield
-
-app = Starlette(lifespan=lifespan, routes=[""",
-)
+LIFESPAN_HANGS = versioned_app("hangs", lifespan="await asyncio.sleep(3600)")
+SLOW_BOOT = versioned_app("slow-boot", lifespan="await asyncio.sleep(4)")
 
 BROKEN = [
     ("import-error", IMPORT_ERROR, "RuntimeError: boom at import time"),
@@ -181,17 +147,8 @@ def test_two_concurrent_upgrades_exactly_one_runs(serve, releases):
 
 
 def test_a_crash_looping_generation_is_backed_off(serve, releases):
-    crashing = versioned_app("crashes").replace(
-        "app = Starlette(routes=[",
-        """
-import contextlib
-
-@contextlib.asynccontextmanager
-async def lifespan(app):
-    asyncio.get_running_loop().call_later(0.2, os._exit, 1)
-    yield
-
-app = Starlette(lifespan=lifespan, routes=[""",
+    crashing = versioned_app(
+        "crashes", lifespan="asyncio.get_running_loop().call_later(0.2, os._exit, 1)"
     )
     server = serve("--workers", "1", "--release", str(releases.custom("crashes", crashing)))
     time.sleep(6)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import httpx
 
 from tests.support.load import Load
 from tests.support.releases import versioned_app
-from tests.support.server import alive, free_port
+from tests.support.server import alive, plain_uvicorn
 
 
 def test_workers_do_not_outlive_a_killed_arbiter(serve, releases):
@@ -29,15 +27,10 @@ def test_workers_do_not_outlive_a_killed_arbiter(serve, releases):
 
 
 def test_silent_worker_is_aborted_and_replaced(serve, releases):
-    blocking = versioned_app("blocks").replace(
-        "app = Starlette(routes=[",
-        """
-import time
-
-async def block(request):
-    time.sleep(30)  # blocks the event loop: no heartbeat
-
-app = Starlette(routes=[Route("/block", block), """,
+    blocking = versioned_app(
+        "blocks",
+        extra="import time\n\nasync def block(request):\n    time.sleep(30)  # no heartbeat\n",
+        routes='Route("/block", block), ',
     )
     server = serve(
         "--workers", "1", "--timeout", "2", "--release", str(releases.custom("blocks", blocking))
@@ -143,27 +136,8 @@ async def home(request):
 app = Starlette(routes=[Route("/", home)])
 """
     )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMDEPLOY")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "inert:app", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        body = None
-        for _ in range(100):
-            try:
-                body = httpx.get(f"http://127.0.0.1:{port}/").json()
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert body is not None
-        assert body["enabled"] is False
-        assert len(body["errors"]) == 4
-        assert all("not running under beamdeploy" in e for e in body["errors"])
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with plain_uvicorn(tmp_path, "inert:app") as url:
+        body = httpx.get(url).json()
+    assert body["enabled"] is False
+    assert len(body["errors"]) == 4
+    assert all("not running under beamdeploy" in e for e in body["errors"])

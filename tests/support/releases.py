@@ -66,10 +66,21 @@ class ReleaseFactory:
         return release
 
 
-def versioned_app(version: str, extra: str = "") -> str:
-    """A Starlette app that answers its version, generation and pid."""
+def versioned_app(version: str, extra: str = "", lifespan: str = "", routes: str = "") -> str:
+    """A Starlette app that answers its version, generation and pid.
+
+    `extra` is module code, `lifespan` the body of a lifespan run before its
+    yield, `routes` more entries for the routes list.
+    """
+    lifespan_code, lifespan_arg = "", ""
+    if lifespan:
+        body = textwrap.indent(textwrap.dedent(lifespan).strip(), "    ")
+        lifespan_code = (
+            f"@contextlib.asynccontextmanager\nasync def lifespan(app):\n{body}\n    yield\n"
+        )
+        lifespan_arg = "lifespan=lifespan, "
     return f'''
-import asyncio, os
+import asyncio, contextlib, os
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, JSONResponse
 from starlette.routing import Route, WebSocketRoute
@@ -95,6 +106,8 @@ async def ws(websocket):
 
 {extra}
 
-app = Starlette(routes=[Route("/", home), Route("/slow", slow), Route("/healthz", health),
-                        WebSocketRoute("/ws", ws)])
+{lifespan_code}
+
+app = Starlette({lifespan_arg}routes=[{routes}Route("/", home), Route("/slow", slow),
+                        Route("/healthz", health), WebSocketRoute("/ws", ws)])
 '''

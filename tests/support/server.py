@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from beamdeploy_asgi import status as api_status
 from beamdeploy_asgi.errors import ControlError
@@ -150,3 +154,29 @@ class ServerProcess:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def plain_uvicorn(app_dir: Path, app: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`uvicorn APP` without beamdeploy on a free port; yields its URL once it answers."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BEAMDEPLOY")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=app_dir,
+        env={**clean, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(url)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
