@@ -64,7 +64,7 @@ class Release(gconfig.Setting):
     validator = gconfig.validate_string
     default = None
     desc = """\
-        Release directory the first generation boots from.
+        Release directory or artifact the first generation boots from.
 
         Without it the first generation runs the APP_MODULE given on the
         command line from the serving environment itself.
@@ -79,7 +79,7 @@ class StateDir(gconfig.Setting):
     validator = gconfig.validate_string
     default = None
     desc = """\
-        Directory holding the control socket (and, later, the release store).
+        Directory of the control socket, the release store and the history.
 
         Defaults to ``$BEAMDEPLOY_STATE_DIR``, else ``.beamdeploy`` in the
         working directory.
@@ -149,8 +149,9 @@ class UvicornWS(gconfig.Setting):
     validator = _choice("auto", "none", "websockets", "websockets-sansio", "wsproto")
     default = "auto"
     desc = """\
-        uvicorn's WebSocket implementation: auto, none, websockets,
-        websockets-sansio or wsproto.
+        uvicorn's WebSocket implementation.
+
+        One of auto, none, websockets, websockets-sansio or wsproto.
         """
 
 
@@ -178,8 +179,7 @@ class LimitConcurrency(gconfig.Setting):
     type = int
     default = None
     desc = """\
-        Maximum concurrent connections or tasks per worker before uvicorn
-        answers 503.
+        Concurrent connections or tasks per worker past which uvicorn answers 503.
         """
 
 
@@ -305,8 +305,9 @@ class KeepReleases(gconfig.Setting):
     type = int
     default = 5
     desc = """\
-        How many installed releases the store keeps; the serving and the
-        previous one are always kept.
+        How many installed releases the store keeps.
+
+        The serving, the current and the previous release are always kept.
         """
 
 
