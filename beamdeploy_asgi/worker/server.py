@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -137,7 +138,7 @@ class WorkerServer(uvicorn.Server):
         self.lifespan_started = True
         path = self.runtime.health_path
         if path:
-            remaining = max(self.runtime.boot_deadline - asyncio.get_running_loop().time(), 1.0)
+            remaining = max(self.runtime.boot_deadline - time.monotonic(), 1.0)
             await check_health(self.config.loaded_app, path, self.lifespan.state, remaining)
 
     async def _unless_stopped(self, work: Any) -> bool:
