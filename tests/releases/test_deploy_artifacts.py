@@ -162,3 +162,27 @@ def test_preflight_refuses_a_broken_release_before_any_worker(serve, releases):
     assert "preflight: could not import main:app: ModuleNotFoundError" in done.stderr
     assert " booting " not in done.stdout, "no worker was started"
     assert "started worker" not in server.log().split("preflight")[-1]
+
+
+def test_http_path_to_an_artifact_in_a_release_dir(serve, artifacts, releases):
+    artifact = artifacts["1.2.0"]
+    server = serve(
+        "--workers",
+        "1",
+        "--release",
+        str(releases["v1"]),
+        "--release-dir",
+        str(artifact.parent),
+        env={"BEAMDEPLOY_TOKEN": TOKEN},
+    )
+    answer = httpx.post(
+        server.url + "/_deploy/upgrade?wait=true",
+        json={"release": artifact.name},
+        headers=AUTH,
+        timeout=300,
+    )
+    assert answer.status_code == 200, answer.text
+    phases = [e["phase"] for e in answer.json()["events"]]
+    assert phases[0] == "installing" and "preflight" in phases
+    assert httpx.get(server.url).text.startswith("1.2.0 sample")
+    assert artifact.exists(), "an artifact from a release dir is the operator's; it stays"
