@@ -335,9 +335,15 @@ class Deployments:
 
 
 def _died(task: Task, what: str) -> str:
+    """The first line says why; the output's tail follows for the details."""
     tail = task.output_tail()
     how = f"exited with code {task.returncode}" if task.returncode is not None else "died"
-    return f"{what} {how}" + (f":\n{tail}" if tail else "")
+    if not tail:
+        return f"{what} {how}"
+    last = tail.splitlines()[-1].strip()
+    if "No module named 'beamdeploy_asgi'" in tail:
+        last = "the release's venv lacks beamdeploy-asgi, which runs its workers"
+    return f"{what} {how}: {last}\n{tail}"
 
 
 def _unlink(path: str) -> None:

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from beamdeploy_asgi.releases.manifest import (
 from beamdeploy_asgi.releases.release import MANIFEST, check_app_spec
 
 Progress = Callable[[str], None]
+REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 SKIPPED = shutil.ignore_patterns(
     ".git",
     ".venv",
@@ -199,9 +201,18 @@ def _pip_wheel(wheels: Path, args: list[str]) -> None:
 
 
 def _mentions_beamdeploy(project: Path, requirements: Path | None) -> bool:
-    files = [requirements] if requirements else [project / "pyproject.toml"]
-    text = " ".join(f.read_text().lower() for f in files if f.is_file())
-    return "beamdeploy-asgi" in text or "beamdeploy_asgi" in text
+    """Whether the app's own requirements already name beamdeploy-asgi."""
+    if requirements is not None:
+        wanted = requirements.read_text().splitlines()
+    else:
+        table = tomllib.loads((project / "pyproject.toml").read_text()).get("project", {})
+        wanted = list(table.get("dependencies", []))
+    return any(_requirement_name(line) == "beamdeploy-asgi" for line in wanted)
+
+
+def _requirement_name(line: str) -> str | None:
+    match = REQUIREMENT_NAME.match(line)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else None
 
 
 def _beamdeploy_requirement() -> str:

@@ -157,3 +157,22 @@ def test_a_crash_looping_generation_is_backed_off(serve, releases):
     assert 2 <= spawned <= 8, server.log()
     assert "crashes in a row, next worker in" in server.log()
     assert server.proc.poll() is None
+
+
+def test_a_venv_without_beamdeploy_is_refused_by_name(serve, releases, tmp_path):
+    import json
+    import sys
+
+    from tests.support.releases import uv
+
+    bare = tmp_path / "bare-release"
+    bare.mkdir()
+    (bare / "beamdeploy-release.json").write_text(
+        json.dumps({"name": "bare", "version": "1", "app": "main:app"})
+    )
+    uv("venv", "--python", sys.executable, str(bare / "venv"))
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    done = server.cli("upgrade", str(bare))
+    assert done.returncode == 1
+    assert "the release's venv lacks beamdeploy-asgi, which runs its workers" in done.stderr
+    assert server.status()["serving"]["release"]["version"] == "v1"
