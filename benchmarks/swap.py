@@ -3,7 +3,8 @@
 Both servers run the same Starlette app with 2 workers on 127.0.0.1, under
 the same bounded load (keep-alive and Connection: close clients). Prints
 failed requests, p50/p99 latency before and during the swap, and how long
-the swap took (for beamdeploy split into boot, promotion and drain).
+the swap took (for beamdeploy split into preflight import, boot, promotion
+and drain).
 
     .venv/bin/python benchmarks/swap.py [--clients 20] [--close-clients 4]
 """
@@ -61,7 +62,7 @@ class Measurement:
             "p99 during swap (ms)": f"{percentile(during, 0.99):.1f}",
             "swap total (s)": f"{self.swap_end - self.swap_start:.2f}",
         }
-        for phase in ("boot", "promotion", "drain"):
+        for phase in ("preflight", "boot", "promotion", "drain"):
             value = self.split.get(phase)
             rows[f"  {phase} (s)"] = f"{value:.3f}" if value is not None else "n/a"
         return rows
@@ -100,7 +101,10 @@ def measure_beamdeploy(work: Path, v1: Path, v2: Path, args: argparse.Namespace)
 def children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(c) for c in (task / "children").read_text().split())
+        try:
+            found.update(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # a thread of the master that just ended
     return found
 
 

@@ -156,6 +156,7 @@ class Deployments:
         self.generation_counter += 1
         generation = Generation(self.generation_counter, release, self.num_workers)
         deployment.target = generation
+        deployment.booting_since = time.time()
         self.generations.append(generation)
         self.log.info(
             "deployment %s: booting %s with %s workers", deployment.id, generation, generation.size
@@ -193,7 +194,7 @@ class Deployments:
                     total=target.size,
                 )
             if ready == target.size:
-                deployment.timings["boot"] = time.time() - deployment.started_at
+                deployment.timings["boot"] = time.time() - deployment.booting_since
                 deployment.record("promoting", f"promoting {target}")
                 for worker in target.workers.values():
                     worker.send({"cmd": "serve"})
@@ -211,7 +212,7 @@ class Deployments:
         target = deployment.target
         promoted_at = time.time()
         deployment.timings["promotion"] = (
-            promoted_at - deployment.started_at - deployment.timings["boot"]
+            promoted_at - deployment.booting_since - deployment.timings["boot"]
         )
         target.state = GenerationState.SERVING
         target.promoted_at = promoted_at
