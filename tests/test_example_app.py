@@ -24,14 +24,18 @@ def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "PORT": str(port), "BEAMDEPLOY_SOURCE": str(REPO)}
     log = open(tmp_path / "demo.log", "wb")
-    proc = subprocess.Popen(
-        ["./start.sh"],
-        cwd=demo,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            ["./start.sh"],
+            cwd=demo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    proc = start()
     try:
         page = wait_for_page(port, proc)
         assert page is not None, (tmp_path / "demo.log").read_text()
@@ -55,14 +59,7 @@ def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
         # Restarted, the demo boots what was deployed last.
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
-        proc = subprocess.Popen(
-            ["./start.sh"],
-            cwd=demo,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = start()
         page = wait_for_page(port, proc)
         assert "Release 1.1.0" in page.text and "generation <b>1</b>" in page.text
     finally:
