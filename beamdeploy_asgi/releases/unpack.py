@@ -36,7 +36,11 @@ def extract(artifact: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> None
         ) from None
     with tar:
         members = _checked_members(tar, limits)
-        _write(tar, members, dest)
+        try:
+            _write(tar, members, dest)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            # A duplicate member, a truncated archive, a full disk...
+            raise ReleaseError(f"the archive cannot be unpacked: {exc}") from None
 
 
 def _checked_members(tar: tarfile.TarFile, limits: Limits) -> list[tarfile.TarInfo]:

@@ -153,3 +153,14 @@ def test_hostile_artifact_is_refused(serve, artifacts, releases, tmp_path: Path,
     assert list(store.iterdir()) == [], "no partial or refused release is left in the store"
     assert list(outside.iterdir()) == []
     assert not list(tmp_path.parent.rglob("*escape.txt")), "nothing was written outside"
+
+
+def test_duplicate_member_is_refused_cleanly(serve, artifacts, releases, tmp_path: Path):
+    members = members_of(artifacts["1.0.0"])
+    wheel = next(m for m in members if m[0].name.endswith(".whl"))
+    artifact = write(tmp_path / "dup.tar.gz", members + [wheel])
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    with pytest.raises(DeploymentFailed) as failed:
+        beamdeploy_asgi.upgrade(artifact, state_dir=server.state_dir)
+    assert "the archive cannot be unpacked" in failed.value.deployment["error"]
+    assert list((server.state_dir / "releases").iterdir()) == []
