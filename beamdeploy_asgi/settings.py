@@ -186,7 +186,7 @@ class LimitConcurrency(gconfig.Setting):
 def state_dir(cfg: Any) -> str:
     """Where the control socket lives, resolved against the arbiter's cwd."""
     chosen = cfg.state_dir or os.environ.get("BEAMDEPLOY_STATE_DIR") or ".beamdeploy"
-    return os.path.abspath(os.path.expanduser(chosen))
+    return os.path.realpath(os.path.expanduser(chosen))
 
 
 def _admin_prefix(value: Any) -> str | None:

@@ -172,6 +172,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 self.deployment.target.state = GenerationState.FAILED
             self.deployment.finish("failed", "arbiter stopping", "the arbiter is shutting down")
             self._remember(self.deployment)
+        self.deployment = None
         limit = time.monotonic() + (self.cfg.graceful_timeout + KILL_MARGIN if graceful else 2.0)
         for worker in self.all_workers():
             if not graceful:
@@ -337,7 +338,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             line, worker.inbox = worker.inbox.split(b"\n", 1)
             try:
                 message = json.loads(line)
-            except ValueError:
+            except Exception:  # ValueError, or RecursionError on absurd nesting
+                message = None
+            if not isinstance(message, dict):
                 self.log.warning("worker %s sent an unreadable status line", worker.pid)
                 continue
             self.on_worker_message(worker, message)
@@ -358,7 +361,13 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             if self.deployment is not None and generation is self.deployment.target:
                 self.deployment_progress()
         elif event == "draining":
-            if worker.state is WorkerState.SERVING:
+            if generation.state is GenerationState.BOOTING:
+                # Stopping before its generation was promoted: it never will be.
+                cause = f"worker {worker.pid} stopped before its generation was promoted"
+                worker.failure = cause
+                self._begin_drain(worker, signal_it=False)
+                self.worker_failed(generation, worker, cause)
+            elif worker.state is WorkerState.SERVING:
                 # The worker drains on its own (max requests, lost arbiter):
                 # give it the drain deadline and let manage_workers replace it.
                 self.log.info("%s: worker %s drains on its own", generation, worker.pid)
@@ -366,7 +375,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             worker.stopped_accepting = True
             self.deployment_progress()
         elif event == "failed":
-            cause = message.get("error") or "worker failed"
+            cause = str(message.get("error") or "worker failed")
             worker.failure = cause
             self.log.error(
                 "%s: worker %s failed to boot (%s): %s",
@@ -376,7 +385,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 cause,
             )
             if message.get("traceback"):
-                worker.failure = f"{cause}\n{message['traceback']}"
+                worker.failure = f"{cause}\n{message['traceback']!s}"
             # It exits by itself after reporting; only hold it to a deadline.
             worker.state = WorkerState.STOPPING
             worker.deadline = time.monotonic() + STOP_TIMEOUT
@@ -387,7 +396,11 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
     ) -> None:
         """A worker of `generation` could not boot."""
         deployment = self.deployment
-        if deployment is not None and generation is deployment.target and not deployment.ended:
+        if (
+            deployment is not None
+            and generation is deployment.target
+            and generation.state is GenerationState.BOOTING
+        ):
             self.abort_deployment(cause)
         elif worker is not None and worker.state in (WorkerState.BOOTING, WorkerState.READY):
             self._stop_unserved(worker)

@@ -63,7 +63,7 @@ class ControlConnection:
         self.handled = True
         try:
             request = json.loads(line)
-        except ValueError:
+        except Exception:  # ValueError, or RecursionError on absurd nesting
             self.fail("bad_request", "request is not valid JSON")
             return
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):

@@ -25,6 +25,7 @@ from gunicorn.errors import HaltServer
 
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
+from beamdeploy_asgi.arbiter.spawn import worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
@@ -140,13 +141,17 @@ class Deployments:
             timeout=self.cfg.boot_timeout,
             env=env,
             cwd=self.cfg.chdir,
+            owner=worker_owner(self.cfg),  # release code never runs as the arbiter's user
         )
 
     def _start_task(self: Any, name: str, argv: list[str], **kwargs: Any) -> None:
         try:
             task = Task(name, argv, selector=self.selector, **kwargs)
         except OSError as exc:
-            self._fail_early(self.deployment, f"{name} could not start: {exc}")
+            if self.deployment is not None and not self.deployment.ended:
+                self._fail_early(self.deployment, f"{name} could not start: {exc}")
+            else:
+                self.log.error("%s could not start: %s", name, exc)
             return
         self.tasks[task.pid] = task
 
@@ -256,6 +261,8 @@ class Deployments:
         if deployment is None or deployment.ended or deployment.target is None:
             return
         target = deployment.target
+        if target.state is not GenerationState.BOOTING:
+            return  # promoted already: its failures are those of the serving generation
         target.state = GenerationState.FAILED
         target.failure = cause
         self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
@@ -299,13 +306,24 @@ class Deployments:
     def prune_store(self: Any) -> None:
         """Keep `keep_releases`; never a release that runs, the current or the previous one."""
         protected = {g.release.path for g in self.generations if g.release.path}
+        if self.deployment is not None and self.deployment.release is not None:
+            if self.deployment.release.path:
+                protected.add(self.deployment.release.path)
         if self.previous_release:
             protected.add(self.previous_release)
         current = self.store.current()
         if current is not None:
             protected.add(str(current))
-        for path in self.store.prune(self.cfg.keep_releases, protected):
+        for path, doomed in self.store.prune(self.cfg.keep_releases, protected):
             self.log.info("removed old release %s (keeping %s)", path, self.cfg.keep_releases)
+            # Deleting a venv takes a while; a subprocess does it, not the loop.
+            self._start_task(
+                "remove",
+                ["rm", "-rf", "--", doomed],
+                on_line=lambda m: None,
+                on_exit=lambda task: None,
+                timeout=INSTALL_TIMEOUT,
+            )
 
     # -- rollback --------------------------------------------------------------
 

@@ -58,9 +58,13 @@ class ControlRequests:
         if self._refuse_busy(conn):
             return
         remove_after = bool(request.get("remove_after"))
-        if remove_after and not Path(path).resolve().is_relative_to(self.store.uploads_dir):
-            conn.fail("bad_request", "only uploads may be removed after their install")
-            return
+        if remove_after:
+            # Resolved once; the install and the removal use this path, which
+            # can only name an entry of the uploads directory itself.
+            path = os.path.realpath(path)
+            if Path(path).parent != Path(os.path.realpath(self.store.uploads_dir)):
+                conn.fail("bad_request", "only uploads may be removed after their install")
+                return
         if os.path.isfile(path):
             deployment = self.start_deployment(
                 "upgrade", artifact=os.path.abspath(path), remove_after=remove_after

@@ -63,7 +63,7 @@ def spawn_worker(
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
-            **_owner(cfg),
+            **worker_owner(cfg),
         )
     except BaseException:
         ours.close()
@@ -77,7 +77,7 @@ def spawn_worker(
     )
 
 
-def _owner(cfg: Any) -> dict[str, Any]:
+def worker_owner(cfg: Any) -> dict[str, Any]:
     """gunicorn's user/group settings: workers drop privileges, the arbiter keeps them."""
     owner: dict[str, Any] = {}
     if cfg.uid != os.geteuid():

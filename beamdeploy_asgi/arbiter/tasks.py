@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ class Task:
         timeout: float,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        owner: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.on_line = on_line
@@ -44,6 +46,7 @@ class Task:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=cwd,
+            **(owner or {}),
         )
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
@@ -71,7 +74,7 @@ class Task:
         text = raw.decode("utf-8", "replace")
         try:
             message = json.loads(text)
-        except ValueError:
+        except Exception:  # ValueError, or RecursionError on absurd nesting
             message = None
         if isinstance(message, dict):
             self.lines.append(message)
@@ -89,8 +92,16 @@ class Task:
         self.returncode = os.waitstatus_to_exitcode(status)
         self.proc.returncode = self.returncode
         if self.proc.stdout is not None and not self.proc.stdout.closed:
-            os.set_blocking(self.proc.stdout.fileno(), True)
-            rest = self.proc.stdout.read()
+            # Only what is buffered: a grandchild may hold the pipe open for ever.
+            rest = b""
+            while True:
+                try:
+                    chunk = os.read(self.proc.stdout.fileno(), 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                rest += chunk
             for raw in (self.inbox + rest).split(b"\n"):
                 if raw.strip():
                     self._line(raw)
@@ -99,8 +110,9 @@ class Task:
         self.on_exit(self)
 
     def kill(self) -> None:
+        # Not Popen.kill(): it may reap the process, and the arbiter reaps.
         try:
-            self.proc.kill()
+            os.kill(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 

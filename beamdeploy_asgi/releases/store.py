@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,14 +57,22 @@ class ReleaseStore:
                 return path
         return None
 
-    def prune(self, keep: int, protected: set[str]) -> list[str]:
-        """Remove the oldest releases beyond `keep`, never a protected one."""
-        removable = [r["path"] for r in self.releases() if r["path"] not in protected]
-        excess = len(self.releases()) - keep
+    def prune(self, keep: int, protected: set[str]) -> list[tuple[str, str]]:
+        """Take the oldest releases beyond `keep` out of the store, never a protected one.
+
+        Each is renamed to a hidden name at once (so it is gone from the store)
+        and returned as (path, hidden path) for the caller to delete.
+        """
+        releases = self.releases()
+        removable = [r["path"] for r in releases if r["path"] not in protected]
         removed = []
-        for path in removable[: max(excess, 0)]:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        for path in removable[: max(len(releases) - keep, 0)]:
+            doomed = Path(path).with_name(f".removing-{Path(path).name}-{os.getpid()}")
+            try:
+                os.rename(path, doomed)
+            except OSError:
+                continue
+            removed.append((path, str(doomed)))
         return removed
 
     # -- current ------------------------------------------------------------

@@ -45,15 +45,25 @@ def extract(artifact: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> None
 
 def _checked_members(tar: tarfile.TarFile, limits: Limits) -> list[tarfile.TarInfo]:
     members: list[tarfile.TarInfo] = []
-    seen: set[str] = set()
+    sizes: dict[str, int] = {}
     total = 0
     try:
         for info in tar:
             if len(members) >= limits.max_files:
                 raise ReleaseError(f"the archive holds more than {limits.max_files} files")
             name = _safe_name(info.name)
-            if info.isreg():
-                total += info.size
+            if info.isreg() or info.islnk():
+                size = info.size
+                if info.islnk():
+                    target = _safe_name(info.linkname)
+                    if target not in sizes or target == name:
+                        raise ReleaseError(
+                            f"{info.name}: hard link to {info.linkname!r} is not a file "
+                            "of the release"
+                        )
+                    size = sizes[target]  # written as a copy: it counts as much
+                sizes[name] = size
+                total += size
                 if total > limits.max_bytes:
                     raise ReleaseError(f"the archive unpacks to more than {limits.max_bytes} bytes")
             elif info.issym():
@@ -63,16 +73,10 @@ def _checked_members(tar: tarfile.TarFile, limits: Limits) -> list[tarfile.TarIn
                     raise ReleaseError(
                         f"{info.name}: link to {target!r} points outside the release"
                     )
-            elif info.islnk():
-                if _safe_name(info.linkname) not in seen:
-                    raise ReleaseError(
-                        f"{info.name}: hard link to {info.linkname!r} is not a file of the release"
-                    )
             elif info.ischr() or info.isblk() or info.isfifo():
                 raise ReleaseError(f"{info.name}: device and fifo files are not allowed")
             elif not info.isdir():
                 raise ReleaseError(f"{info.name}: unsupported member type")
-            seen.add(name)
             members.append(info)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ReleaseError(f"the archive is damaged: {exc}") from None

@@ -170,7 +170,9 @@ class WorkerServer(uvicorn.Server):
         deadline = loop.time() + runtime.graceful_timeout
         # A connection accepted just before the close becomes a protocol
         # instance a few loop iterations later; wait for it to be counted.
-        await asyncio.sleep(ACCEPTED_SETTLE)
+        # With TLS that happens only after the handshake: wait the whole grace.
+        settle = runtime.drain_grace if self.config.ssl else ACCEPTED_SETTLE
+        await asyncio.sleep(min(settle, runtime.graceful_timeout))
         connections = self.server_state.connections
         runtime.log.info("%s: draining %s connections", runtime.name, len(connections))
 

@@ -124,3 +124,27 @@ def test_restart_after_a_crash_reuses_the_state_dir_and_refuses_a_twin(serve, re
     assert (server.state_dir / "control.sock").exists()  # stale
     server.start()
     assert server.status()["serving"]["release"]["version"] == "v1"
+
+
+def test_deeply_nested_json_is_refused_not_fatal(serve, releases):
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    (reply,) = raw_exchange(server.state_dir / "control.sock", b"[" * 100_000 + b"\n")
+    assert reply["error"]["code"] == "bad_request"
+    assert server.proc.poll() is None
+    assert server.status()["serving"]["release"]["version"] == "v1"
+
+
+def test_only_uploads_may_be_removed_after_install(serve, releases, tmp_path):
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    victim = tmp_path / "precious.tar.gz"
+    victim.write_bytes(b"not yours")
+    nested = server.state_dir / "uploads" / "sub"
+    nested.mkdir()
+    (nested / "x.tar.gz").write_bytes(b"x")
+    for path in (victim, nested / "x.tar.gz"):
+        request = {"op": "upgrade", "release": str(path), "remove_after": True}
+        (reply,) = raw_exchange(
+            server.state_dir / "control.sock", json.dumps(request).encode() + b"\n"
+        )
+        assert reply["error"]["code"] == "bad_request"
+    assert victim.read_bytes() == b"not yours"

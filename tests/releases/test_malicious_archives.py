@@ -164,3 +164,18 @@ def test_duplicate_member_is_refused_cleanly(serve, artifacts, releases, tmp_pat
         beamdeploy_asgi.upgrade(artifact, state_dir=server.state_dir)
     assert "the archive cannot be unpacked" in failed.value.deployment["error"]
     assert list((server.state_dir / "releases").iterdir()) == []
+
+
+def test_hard_links_count_toward_the_size_limit(serve, artifacts, releases, tmp_path: Path):
+    members = members_of(artifacts["1.0.0"])
+    wheel = next(m for m in members if m[0].name.endswith(".whl"))
+    links = [link_member(f"app/copy{i}", wheel[0].name, tarfile.LNKTYPE) for i in range(50)]
+    artifact = write(tmp_path / "links.tar.gz", members + links)
+    limit = sum(len(data) for _, data in members if data) * 3
+    server = serve(
+        "--workers", "1", "--release", str(releases["v1"]), "--artifact-max-size", str(limit)
+    )
+    with pytest.raises(DeploymentFailed) as failed:
+        beamdeploy_asgi.upgrade(artifact, state_dir=server.state_dir)
+    assert f"unpacks to more than {limit} bytes" in failed.value.deployment["error"]
+    assert list((server.state_dir / "releases").iterdir()) == []
