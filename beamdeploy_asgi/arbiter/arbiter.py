@@ -48,6 +48,7 @@ from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import state_dir
 
 STOP_TIMEOUT = 5.0  # a worker told to stop before it served gets this long
+ABORT_GRACE = 2.0  # a worker sent SIGABRT for a missed heartbeat gets this long to exit
 KILL_MARGIN = 2.0  # past graceful_timeout, a draining worker is killed
 STABLE_AFTER = 10.0  # a worker serving this long ends a crash streak
 MAX_BACKOFF = 30.0
@@ -513,7 +514,16 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 task.deadline = float("inf")
                 task.kill()
         for worker in self.all_workers():
-            if worker.state in (WorkerState.BOOTING, WorkerState.READY):
+            if worker.deadline is not None and now > worker.deadline:
+                self.log.warning(
+                    "%s: worker %s still %s at its deadline, killing it",
+                    worker.generation,
+                    worker.pid,
+                    "aborting" if worker.aborted else worker.state.value,
+                )
+                worker.deadline = None
+                self._signal(worker, signal.SIGKILL)
+            elif worker.state in (WorkerState.BOOTING, WorkerState.READY):
                 if now - worker.started > self.cfg.boot_timeout:
                     cause = (
                         f"worker {worker.pid} did not report READY within "
@@ -536,18 +546,8 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 if not worker.aborted:
                     self.log.critical("WORKER TIMEOUT (pid:%s)", worker.pid)
                     worker.aborted = True
+                    worker.deadline = now + ABORT_GRACE
                     self._signal(worker, signal.SIGABRT)
-                else:
-                    self._signal(worker, signal.SIGKILL)
-            elif worker.deadline is not None and now > worker.deadline:
-                self.log.warning(
-                    "%s: worker %s still %s at its deadline, killing it",
-                    worker.generation,
-                    worker.pid,
-                    worker.state.value,
-                )
-                worker.deadline = None
-                self._signal(worker, signal.SIGKILL)
 
     def manage_workers(self) -> None:
         generation = self.serving

@@ -146,9 +146,20 @@ def configure_logging(runtime: WorkerRuntime) -> None:
 
 
 def abort(runtime: WorkerRuntime) -> None:
-    """The arbiter saw no heartbeat for `timeout` seconds (gunicorn's WORKER TIMEOUT)."""
+    """The arbiter saw no heartbeat for `timeout` seconds (gunicorn's WORKER TIMEOUT).
+
+    The handler runs inside whatever blocked the loop, usually a request, and
+    uvicorn turns any exception raised there, SystemExit included, into a 500
+    and serves on. So the worker leaves with ``os._exit`` after the hook.
+    """
+    runtime.log.critical("%s: no heartbeat for %ss, aborting", runtime.name, runtime.cfg.timeout)
     runtime.hook("worker_abort")
-    sys.exit(1)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(1)
 
 
 def report(runtime: WorkerRuntime, failure: BootFailure) -> None:

@@ -26,24 +26,31 @@ def test_workers_do_not_outlive_a_killed_arbiter(serve, releases):
     assert not [pid for pid in workers if alive(pid)], "orphaned workers"
 
 
+BLOCKING_APP = versioned_app(
+    "blocks",
+    extra="import time\n\nasync def block(request):\n    time.sleep(30)  # no heartbeat\n",
+    routes='Route("/block", block), ',
+)
+
+
+def request_that_blocks(url: str) -> None:
+    try:
+        httpx.get(url + "/block", timeout=40)
+    except httpx.HTTPError:
+        pass  # the worker is killed under it, as it should be
+
+
 def test_silent_worker_is_aborted_and_replaced(serve, releases):
-    blocking = versioned_app(
-        "blocks",
-        extra="import time\n\nasync def block(request):\n    time.sleep(30)  # no heartbeat\n",
-        routes='Route("/block", block), ',
-    )
     server = serve(
-        "--workers", "1", "--timeout", "2", "--release", str(releases.custom("blocks", blocking))
+        "--workers",
+        "1",
+        "--timeout",
+        "2",
+        "--release",
+        str(releases.custom("blocks", BLOCKING_APP)),
     )
     (victim,) = server.serving_pids()
-
-    def request_that_blocks() -> None:
-        try:
-            httpx.get(server.url + "/block", timeout=40)
-        except httpx.HTTPError:
-            pass  # the worker is killed under it, as it should be
-
-    threading.Thread(target=request_that_blocks, daemon=True).start()
+    threading.Thread(target=request_that_blocks, args=(server.url,), daemon=True).start()
     status = server.wait_for(
         lambda s: (
             s["serving"]["workers"]
@@ -53,8 +60,31 @@ def test_silent_worker_is_aborted_and_replaced(serve, releases):
         timeout=20,
     )
     assert f"WORKER TIMEOUT (pid:{victim})" in server.log()
+    assert f"worker {victim}: no heartbeat for 2s, aborting" in server.log()
     assert status["serving"]["generation"] == 1
     assert httpx.get(server.url).text.startswith("blocks")
+
+
+def test_worker_that_does_not_exit_on_abort_is_killed(serve, releases):
+    """A worker_abort hook that hangs must not keep a silent worker alive."""
+    server = serve(
+        "--workers", "1", "--timeout", "2", "-c", "conf.py",
+        "--release", str(releases.custom("blocks", BLOCKING_APP)),
+        launch=False,
+    )  # fmt: skip
+    server.workdir.mkdir(parents=True)
+    (server.workdir / "conf.py").write_text(
+        "import time\n\ndef worker_abort(worker):\n    time.sleep(60)\n"
+    )
+    server.start()
+    (victim,) = server.serving_pids()
+    threading.Thread(target=request_that_blocks, args=(server.url,), daemon=True).start()
+    server.wait_for(
+        lambda s: s["serving"]["workers"] and s["serving"]["workers"][0]["pid"] != victim,
+        timeout=20,
+    )
+    assert f"worker {victim} still aborting at its deadline, killing it" in server.log()
+    assert not alive(victim)
 
 
 def test_hup_restarts_the_serving_release_blue_green(serve, releases):
