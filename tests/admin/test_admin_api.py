@@ -9,6 +9,7 @@ import threading
 import httpx
 import pytest
 
+import beamdeploy_asgi
 from tests.support.load import Load
 
 TOKEN = "test-token-0123456789"
@@ -267,20 +268,28 @@ def test_prefix_is_configurable(serve, releases):
     assert httpx.get(off.url + "/_deploy/health").status_code == 404  # the app's own 404
 
 
-def test_health_answers_503_while_the_worker_drains(admin, releases):
+def test_health_answers_503_while_the_worker_drains(serve, releases):
+    releases["v2"]  # built before the server starts
+    # Long keep-alive and drain grace: the health connection must outlive the swap.
+    server = serve(
+        "--workers", "1", "--release", str(releases["v1"]),
+        "--keep-alive", "60", "--drain-grace", "30",
+        env={"BEAMDEPLOY_TOKEN": TOKEN},
+    )  # fmt: skip
+    health = server.url + "/_deploy/health"
     results = {}
 
     with httpx.Client() as client:
-        assert client.get(admin.admin + "/health").status_code == 200
+        assert client.get(health).status_code == 200
 
         def slow():
-            results["slow"] = httpx.get(admin.url + "/slow?s=3", timeout=30).text
+            results["slow"] = httpx.get(server.url + "/slow?s=3", timeout=30).text
 
         thread = threading.Thread(target=slow)
         thread.start()
-        post_upgrade(admin, releases["v2"], wait=True)
+        beamdeploy_asgi.upgrade(releases["v2"], state_dir=server.state_dir)
         # The same keep-alive connection still reaches the old, draining worker.
-        drained = client.get(admin.admin + "/health")
+        drained = client.get(health)
         thread.join()
     assert drained.status_code == 503 and drained.json() == {"status": "draining"}
     assert results["slow"] == "slow v1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -131,16 +132,17 @@ def test_serving_environment_then_upgrade_to_a_release(serve, releases):
 def test_sigterm_drains_and_exits_cleanly(serve, releases):
     server = serve("--workers", "2", "--release", str(releases["v1"]))
     workers = server.serving_pids()
-    answers: list[httpx.Response] = []
-    slow = threading.Thread(
-        target=lambda: answers.append(httpx.get(server.url + "/slow?s=2", timeout=30))
-    )
-    slow.start()
-    time.sleep(0.5)
+    # Sent before the signal, on a connection a worker has accepted by then.
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    slow.sendall(b"GET /slow?s=3 HTTP/1.1\r\nHost: test\r\n\r\n")
+    time.sleep(1.0)
     server.proc.send_signal(signal.SIGTERM)
+    answer = b""
+    while chunk := slow.recv(4096):
+        answer += chunk
+    slow.close()
     assert server.proc.wait(30) == 0
-    slow.join(10)
-    assert answers and answers[0].text == "slow v1"
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow v1")
     assert not [pid for pid in workers if alive(pid)]
     assert not (server.state_dir / "control.sock").exists()
 

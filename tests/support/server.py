@@ -151,7 +151,7 @@ class ServerProcess:
             pass
         self.proc.wait()
         for pid in self.seen_pids:
-            if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return self.proc.returncode
 
@@ -170,11 +170,16 @@ def plain_uvicorn(app_dir: Path, app: str, env: dict[str, str] | None = None) ->
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 60
+        while True:
             try:
                 httpx.get(url)
                 break
             except httpx.TransportError:
+                if proc.poll() is not None:
+                    raise AssertionError(f"uvicorn {app} exited with {proc.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"uvicorn {app} did not answer within 60s") from None
                 time.sleep(0.05)
         yield url
     finally:

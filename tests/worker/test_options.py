@@ -67,8 +67,8 @@ def test_limit_concurrency_answers_503(serve, releases):
 
     async def burst() -> tuple[int, list[int]]:
         async with httpx.AsyncClient(timeout=30) as first, httpx.AsyncClient(timeout=30) as more:
-            slow = asyncio.ensure_future(first.get(server.url + "/slow?s=2"))
-            await asyncio.sleep(0.5)
+            slow = asyncio.ensure_future(first.get(server.url + "/slow?s=4"))
+            await asyncio.sleep(1.0)
             answers = await asyncio.gather(*(more.get(server.url) for _ in range(4)))
             return (await slow).status_code, [a.status_code for a in answers]
 
