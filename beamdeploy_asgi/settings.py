@@ -335,3 +335,20 @@ class ArtifactMaxFiles(gconfig.Setting):
     desc = """\
         Most files an artifact may hold.
         """
+
+
+class ReleasePython(gconfig.Setting):
+    name = "release_python"
+    section = SECTION
+    cli = ["--release-python"]
+    meta = "PATH"
+    validator = gconfig.validate_string
+    default = None
+    desc = """\
+        The interpreter that venvs of installed artifacts are built from.
+
+        By default the arbiter's own interpreter when its Python version is the
+        one the artifact was built for, else ``pythonX.Y`` from ``PATH``. Set it
+        when the workers' user (``--user``) cannot run the arbiter's
+        interpreter, as with a Python installed under ``/root``.
+        """

@@ -35,11 +35,34 @@ WORKER_CLASS_NAMES = {
 RUNNING = False
 
 
+class LenientParser:
+    """Parses the options this version knows and sets the others aside.
+
+    Workers re-read the arbiter's command line with the beamdeploy-asgi of
+    their own release, which may be older than the arbiter's and not know
+    every option it was given.
+    """
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.ignored: list[str] = []
+
+    def parse_args(self, args: list[str] | None = None) -> Any:
+        known, unknown = self.parser.parse_known_args(args)
+        self.ignored += [arg for arg in unknown if arg.startswith("-")]
+        return known
+
+
 class BeamApplication(Application):
-    def __init__(self, argv: list[str], prog: str = "beamdeploy serve") -> None:
+    def __init__(
+        self, argv: list[str], prog: str = "beamdeploy serve", *, lenient: bool = False
+    ) -> None:
+        """`lenient`: ignore unknown options (in workers; see `LenientParser`)."""
         global RUNNING
         RUNNING = True
         self.argv = list(argv)
+        self.lenient = lenient
+        self.ignored_options: list[str] = []
         # Workers start here and apply chdir themselves, like the arbiter did.
         self.launch_cwd = os.getcwd()
         self.app_uri: str | None = None
@@ -51,13 +74,22 @@ class BeamApplication(Application):
         self.cfg.set("worker_class", WORKER_CLASS)
 
     def load_config(self) -> None:
+        if self.lenient:
+            make_parser = self.cfg.parser
+            parser = LenientParser(make_parser())
+            self.cfg.parser = lambda: parser
         saved, sys.argv = sys.argv, [self.prog or "beamdeploy serve", *self.argv]
         try:
             super().load_config()
         finally:
             sys.argv = saved
+            if self.lenient:
+                self.cfg.parser = make_parser
+                self.ignored_options = parser.ignored
 
     def init(self, parser: Any, opts: Any, args: list[str]) -> None:
+        if self.lenient:
+            return  # workers take the app from their release, not the command line
         if len(args) > 1:
             raise ConfigError(f"expected one APP_MODULE, got {' '.join(args)}")
         if args:
@@ -115,6 +147,11 @@ class BeamApplication(Application):
             found.append("workers: a generation needs at least one worker")
         if cfg.paste:
             found.append("paste: beamdeploy serves ASGI apps named as module:attribute")
+        if (cfg.uid != os.geteuid() or cfg.gid != os.getegid()) and os.geteuid() != 0:
+            found.append(
+                f"user/group: the arbiter runs as uid {os.geteuid()}, and only root can "
+                "start workers as another user or group"
+            )
         if getattr(cfg, "dirty_workers", 0):
             found.append("dirty_workers: gunicorn's dirty arbiter is not supported by beamdeploy")
         return found

@@ -39,7 +39,7 @@ from beamdeploy_asgi.arbiter.generation import (
 )
 from beamdeploy_asgi.arbiter.listeners import bind_listeners, close_listeners, describe
 from beamdeploy_asgi.arbiter.requests import ControlRequests
-from beamdeploy_asgi.arbiter.spawn import spawn_worker
+from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
@@ -313,7 +313,8 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 control_path=self.control_path,
             )
         except OSError as exc:
-            cause = f"could not start {generation.release.python}: {exc}"
+            problem = owner_problem(exc, self.cfg, generation.release.python)
+            cause = f"could not start {generation.release.python}: {problem}"
             self.log.error("%s: %s", generation, cause)
             if generation is self.serving:
                 self._count_crash(generation, stable=False)

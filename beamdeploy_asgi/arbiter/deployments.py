@@ -25,7 +25,7 @@ from gunicorn.errors import HaltServer
 
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
-from beamdeploy_asgi.arbiter.spawn import worker_owner
+from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
@@ -98,6 +98,7 @@ class Deployments:
                 str(self.cfg.artifact_max_size),
                 "--max-files",
                 str(self.cfg.artifact_max_files),
+                *(["--python", self.cfg.release_python] if self.cfg.release_python else []),
             ],
             on_line=on_line,
             on_exit=on_exit,
@@ -148,10 +149,11 @@ class Deployments:
         try:
             task = Task(name, argv, selector=self.selector, **kwargs)
         except OSError as exc:
+            problem = owner_problem(exc, self.cfg, argv[0]) if kwargs.get("owner") else str(exc)
             if self.deployment is not None and not self.deployment.ended:
-                self._fail_early(self.deployment, f"{name} could not start: {exc}")
+                self._fail_early(self.deployment, f"{name} could not start: {problem}")
             else:
-                self.log.error("%s could not start: %s", name, exc)
+                self.log.error("%s could not start: %s", name, problem)
             return
         self.tasks[task.pid] = task
 

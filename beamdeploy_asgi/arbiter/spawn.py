@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 from typing import Any
@@ -78,10 +79,38 @@ def spawn_worker(
 
 
 def worker_owner(cfg: Any) -> dict[str, Any]:
-    """gunicorn's user/group settings: workers drop privileges, the arbiter keeps them."""
+    """gunicorn's user/group settings: workers drop privileges, the arbiter keeps them.
+
+    A worker that changes user also gets a new group list, so it keeps none of
+    the arbiter's supplementary groups: the user's own groups with
+    ``initgroups``, otherwise only ``group``.
+    """
     owner: dict[str, Any] = {}
     if cfg.uid != os.geteuid():
         owner["user"] = cfg.uid
+        owner["extra_groups"] = [cfg.gid]
+        if cfg.initgroups:
+            try:
+                name = pwd.getpwuid(cfg.uid).pw_name
+            except KeyError:
+                pass  # a uid without a name has no groups to add
+            else:
+                owner["extra_groups"] = os.getgrouplist(name, cfg.gid)
     if cfg.gid != os.getegid():
         owner["group"] = cfg.gid
     return owner
+
+
+def owner_problem(exc: OSError, cfg: Any, python: str) -> str:
+    """`exc` from starting `python`, explained when the workers' user is the cause."""
+    if not isinstance(exc, PermissionError) or cfg.uid == os.geteuid():
+        return str(exc)
+    try:
+        user = pwd.getpwuid(cfg.uid).pw_name
+    except KeyError:
+        user = f"uid {cfg.uid}"
+    return (
+        f"{exc}; the workers run as {user}, who must be able to reach the working "
+        f"directory and run {python}, which resolves to {os.path.realpath(python)} "
+        "(build releases with an interpreter that user can run: --release-python)"
+    )

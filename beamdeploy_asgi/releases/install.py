@@ -33,6 +33,7 @@ def install(
     *,
     limits: Limits = DEFAULT_LIMITS,
     installer: str = "auto",
+    python: str | None = None,
     progress: Any = print,
 ) -> tuple[Path, bool]:
     """Install `artifact`; return the release path and whether it was there already."""
@@ -51,7 +52,7 @@ def install(
         manifest = _manifest(staging)
         progress(f"verifying {len(manifest.files)} checksums of {manifest.name} {manifest.version}")
         _verify(staging, manifest)
-        python = find_python(manifest.python)
+        python = find_python(manifest.python, python)
         manifest.check_runs_on(manifest.python, this_platform())
         tool = _installer(installer)
         progress(f"building the venv offline from {len(manifest.wheels)} wheels with {tool}")
@@ -59,6 +60,7 @@ def install(
         shutil.rmtree(staging / "wheels", ignore_errors=True)
         Release.load(staging)  # the installed release must be loadable as it stands
         mark_installed(staging, digest)
+        staging.chmod(0o755)  # mkdtemp made it 0700; workers may run as another user
         final = store.releases_dir / f"{manifest.name}-{manifest.version}"
         if final.exists():
             final = final.with_name(f"{final.name}-{digest[:12]}")
@@ -99,14 +101,38 @@ def _verify(root: Path, manifest: ArtifactManifest) -> None:
         raise ReleaseError(f"{unlisted[0]} is in the artifact but not in {MANIFEST}")
 
 
-def find_python(version: str) -> str:
-    """An interpreter of `version` (like "3.11") on this host."""
+def find_python(version: str, chosen: str | None = None) -> str:
+    """An interpreter of `version` (like "3.11") on this host, `chosen` if given."""
+    if chosen is not None:
+        return _check_python(chosen, version)
     if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         return sys.executable
     found = shutil.which(f"python{version}")
     if found is None:
         raise ReleaseError(f"the release was built for Python {version}, which this host lacks")
     return found
+
+
+def _check_python(python: str, version: str) -> str:
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReleaseError(f"--release-python {python} does not run: {exc}") from None
+    found = done.stdout.strip()
+    if done.returncode != 0 or not found:
+        raise ReleaseError(f"--release-python {python} does not run: {done.stderr.strip()}")
+    if found != version:
+        raise ReleaseError(
+            f"the release was built for Python {version}, "
+            f"but --release-python {python} is Python {found}"
+        )
+    return python
 
 
 def _installer(choice: str) -> str:
@@ -168,6 +194,7 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes)
     parser.add_argument("--max-files", type=int, default=Limits.max_files)
     parser.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto")
+    parser.add_argument("--python", help="the interpreter to build the venv from")
     args = parser.parse_args()
 
     def say(message: dict[str, Any]) -> None:
@@ -179,6 +206,7 @@ def main() -> None:
             ReleaseStore(args.state_dir),
             limits=Limits(args.max_bytes, args.max_files),
             installer=args.installer,
+            python=args.python,
             progress=lambda text: say({"progress": text}),
         )
     except ReleaseError as exc:

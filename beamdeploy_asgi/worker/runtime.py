@@ -43,11 +43,19 @@ class WorkerRuntime:
         self.boot_deadline = 0.0
 
     def load_config(self) -> None:
+        from beamdeploy_asgi import __version__
         from beamdeploy_asgi.arbiter.application import BeamApplication
 
-        application = BeamApplication(self.spec["argv"])
+        application = BeamApplication(self.spec["argv"], lenient=True)
         self.cfg = application.cfg
         self.log = self.cfg.logger_class(self.cfg)
+        if application.ignored_options:
+            self.log.warning(
+                "%s: this release's beamdeploy-asgi %s does not know %s; ignored here",
+                self.name,
+                __version__,
+                " ".join(application.ignored_options),
+            )
         self.health_path = self.cfg.health_path
         self.graceful_timeout = float(self.cfg.graceful_timeout)
         self.drain_grace = float(self.cfg.drain_grace)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import httpx
 
@@ -189,3 +191,26 @@ def test_http_path_to_an_artifact_in_a_release_dir(serve, artifacts, releases):
     assert phases[0] == "installing" and "preflight" in phases
     assert httpx.get(server.url).text.startswith("1.2.0 sample")
     assert artifact.exists(), "an artifact from a release dir is the operator's; it stays"
+
+
+def test_release_python_builds_the_venv_and_is_checked(serve, artifacts, releases, tmp_path):
+    not_python = tmp_path / "not-python"
+    not_python.write_text("#!/bin/sh\necho 2.7\n")
+    not_python.chmod(0o755)
+    server = serve(
+        "--workers", "1", "--release", str(releases["v1"]), "--release-python", str(not_python)
+    )  # fmt: skip
+    refused = server.cli("upgrade", str(artifacts["1.0.0"]))
+    assert refused.returncode == 1
+    built_for = f"{sys.version_info.major}.{sys.version_info.minor}"  # built by this Python
+    assert (
+        f"the release was built for Python {built_for}, but --release-python {not_python} "
+        "is Python 2.7"
+    ) in refused.stderr
+    assert server.status()["serving"]["release"]["version"] == "v1"
+    assert list((server.state_dir / "releases").iterdir()) == []
+
+    chosen = serve("--workers", "1", "--release", str(artifacts["1.0.0"]), "--release-python",
+                   sys.executable)  # fmt: skip
+    venv = chosen.state_dir / "releases" / "sample-1.0.0" / "venv"
+    assert os.path.realpath(venv / "bin" / "python") == os.path.realpath(sys.executable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import httpx
 
@@ -89,3 +90,18 @@ def test_keepalive_setting_closes_idle_connections(serve, releases):
     started = time.monotonic()
     assert sock.recv(10) == b""
     assert time.monotonic() - started < 4
+
+
+def test_a_release_with_an_older_beamdeploy_ignores_options_it_does_not_know(serve, releases):
+    """Workers re-read the arbiter's options with their release's own beamdeploy-asgi."""
+    release = releases.custom("older", versioned_app("older"))
+    (settings,) = (release / "venv").glob("lib/python*/site-packages/beamdeploy_asgi/settings.py")
+    older = settings.read_text()
+    assert "class ReleasePython(" in older
+    older = older[: older.index("class ReleasePython(")]  # as before that option existed
+    settings.unlink()  # a new file: the old one may be a hard link into uv's cache
+    settings.write_text(older)
+
+    server = serve("--workers", "1", "--release", str(release), "--release-python", sys.executable)
+    assert httpx.get(server.url).text.startswith("older")
+    assert "does not know --release-python; ignored here" in server.log()

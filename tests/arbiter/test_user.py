@@ -1,0 +1,118 @@
+"""Workers as another user (gunicorn's user/group) while the arbiter stays root.
+
+These sessions and their CI run as root, and `nobody` is the other user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.admin.test_admin_api import AUTH, TOKEN
+from tests.support.server import ServerProcess
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory `nobody` can traverse (pytest's own temp dirs are root's, 0700)."""
+    assert os.geteuid() == 0, "running workers as another user needs root"
+    path = Path(tempfile.mkdtemp(prefix="beamdeploy-user-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def python_nobody_can_run() -> str:
+    """This Python version, from an install `nobody` can run (not one under /root)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, shutil.which(version), f"/usr/bin/{version}"):
+        if not candidate or not os.path.exists(candidate):
+            continue
+        try:
+            ran = subprocess.run(
+                [candidate, "-c", "pass"], user=NOBODY.pw_uid, capture_output=True, cwd="/"
+            )
+        except PermissionError:
+            continue
+        if ran.returncode == 0:
+            return candidate
+    raise AssertionError(f"no {version} on this machine that nobody can run")
+
+
+def process_ids(pid: int) -> dict[str, list[int]]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            fields[key] = [int(v) for v in value.split()]
+    return fields
+
+
+def test_workers_run_as_the_configured_user(shared_dir, artifacts):
+    server = ServerProcess(
+        shared_dir / "server",
+        [
+            "--workers", "2", "--user", "nobody", "--group", str(NOBODY.pw_gid),
+            "--release-python", python_nobody_can_run(),
+            "--release", str(artifacts["1.0.0"]),
+        ],
+        env={"BEAMDEPLOY_TOKEN": TOKEN},
+    )  # fmt: skip
+    try:
+        server.start()
+        assert httpx.get(server.url).text.startswith("1.0.0 sample")
+        nobody = NOBODY.pw_uid, NOBODY.pw_gid
+        for pid in server.serving_pids():
+            ids = process_ids(pid)
+            assert set(ids["Uid"]) == {nobody[0]} and set(ids["Gid"]) == {nobody[1]}
+            assert ids["Groups"] == [nobody[1]], "no supplementary group of root is kept"
+
+        state = server.state_dir
+        assert stat.S_IMODE(state.stat().st_mode) == 0o711
+        sock = (state / "control.sock").stat()
+        assert stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == nobody[0]
+        uploads = (state / "uploads").stat()
+        assert stat.S_IMODE(uploads.st_mode) == 0o700 and uploads.st_uid == nobody[0]
+
+        # The worker writes the upload as nobody and asks the arbiter, over the
+        # control socket, to install and deploy it.
+        answer = httpx.post(
+            server.url + "/_deploy/upgrade?wait=true",
+            content=artifacts["1.1.0"].read_bytes(),
+            headers={**AUTH, "Content-Type": "application/gzip"},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text
+        assert httpx.get(server.url).text.startswith("1.1.0 sample")
+        assert list((state / "uploads").iterdir()) == []
+        for release in (state / "releases").iterdir():
+            assert stat.S_IMODE(release.stat().st_mode) == 0o755
+    finally:
+        server.stop()
+
+
+def test_a_working_directory_the_user_cannot_reach_is_named(tmp_path, artifacts):
+    server = ServerProcess(
+        tmp_path / "server",  # under pytest's temp dir, which only root may enter
+        ["--workers", "1", "--user", "nobody", "--release", str(artifacts["1.0.0"])],
+    )
+    try:
+        server.start(expect_serving=False)
+        assert server.proc.wait(60) != 0
+    finally:
+        server.stop()
+    log = server.log()
+    assert "Permission denied" in log
+    assert "the workers run as nobody, who must be able to reach the working directory" in log
