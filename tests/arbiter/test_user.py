@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def test_workers_run_as_the_configured_user(shared_dir, artifacts):
         shared_dir / "server",
         [
             "--workers", "2", "--user", "nobody", "--group", str(NOBODY.pw_gid),
+            "--timeout", "3",  # the heartbeat file must be writable by the workers' user
             "--release-python", python_nobody_can_run(),
             "--release", str(artifacts["1.0.0"]),
         ],
@@ -99,6 +101,8 @@ def test_workers_run_as_the_configured_user(shared_dir, artifacts):
         assert list((state / "uploads").iterdir()) == []
         for release in (state / "releases").iterdir():
             assert stat.S_IMODE(release.stat().st_mode) == 0o755
+        time.sleep(4)
+        assert "WORKER TIMEOUT" not in server.log()
     finally:
         server.stop()
 
