@@ -8,6 +8,7 @@ beamdeploy's own settings) and runs ``BeamArbiter`` instead.
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 import traceback
 from pathlib import Path
@@ -119,6 +120,16 @@ class BeamApplication(Application):
         paths = [os.path.abspath(p) for p in (self.cfg.pythonpath or "").split(",") if p]
         return Release.from_environment(app, tuple([self.cfg.chdir, *paths]))
 
+    def settle_workers_group(self) -> None:
+        """Workers that change user without --group take that user's group, not ours."""
+        cfg = self.cfg
+        if cfg.uid == os.geteuid() or cfg.gid != os.getegid():
+            return
+        try:
+            self.cfg.set("group", pwd.getpwuid(cfg.uid).pw_gid)
+        except KeyError:
+            pass  # a uid with no passwd entry; refusals() names the problem if it matters
+
     def refusals(self) -> list[str]:
         """Options that cannot work with generations, and why."""
         cfg = self.cfg
@@ -152,11 +163,16 @@ class BeamApplication(Application):
                 f"user/group: the arbiter runs as uid {os.geteuid()}, and only root can "
                 "start workers as another user or group"
             )
+        if cfg.uid != os.geteuid() and cfg.gid == 0:
+            found.append(
+                "user: the workers would keep group root; give them a --group of their own"
+            )
         if getattr(cfg, "dirty_workers", 0):
             found.append("dirty_workers: gunicorn's dirty arbiter is not supported by beamdeploy")
         return found
 
     def run(self) -> None:
+        self.settle_workers_group()
         refusals = self.refusals()
         if refusals:
             for reason in refusals:

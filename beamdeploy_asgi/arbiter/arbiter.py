@@ -119,6 +119,12 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         # Workers write uploaded artifacts here, as their own user.
         os.makedirs(self.store.uploads_dir, mode=0o700, exist_ok=True)
         if owner is not None:
+            if os.stat(self.state_dir).st_uid != os.geteuid():
+                raise HaltServer(
+                    f"the state dir {self.state_dir} must belong to the arbiter's user "
+                    f"(uid {os.geteuid()}), not to anyone the workers could run as",
+                    1,
+                )
             os.chown(self.store.uploads_dir, owner, -1)
             os.chmod(self.state_dir, 0o711)  # workers reach their socket and uploads only
         try:
@@ -194,6 +200,11 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 for worker in self.all_workers():
                     self._signal(worker, signal.SIGQUIT)
             self.reap_workers()
+            now = time.monotonic()
+            for worker in self.all_workers():
+                if worker.deadline is not None and now > worker.deadline:
+                    worker.deadline = None
+                    self._signal(worker, signal.SIGKILL)
             time.sleep(0.05)
         for worker in self.all_workers():
             self._signal(worker, signal.SIGKILL)
@@ -313,7 +324,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 control_path=self.control_path,
             )
         except OSError as exc:
-            problem = owner_problem(exc, self.cfg, generation.release.python)
+            problem = owner_problem(exc, self.cfg, generation.release.python, self.app.launch_cwd)
             cause = f"could not start {generation.release.python}: {problem}"
             self.log.error("%s: %s", generation, cause)
             if generation is self.serving:
@@ -414,7 +425,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
 
     def _begin_drain(self, worker: WorkerProcess, signal_it: bool = True) -> None:
         worker.state = WorkerState.DRAINING
-        worker.deadline = time.monotonic() + self.cfg.graceful_timeout + KILL_MARGIN
+        limit = time.monotonic() + self.cfg.graceful_timeout + KILL_MARGIN
+        # An aborted worker keeps its earlier deadline.
+        worker.deadline = min(limit, worker.deadline or limit)
         if signal_it:
             self._signal(worker, signal.SIGTERM)
 

@@ -103,11 +103,18 @@ class Deployments:
             on_line=on_line,
             on_exit=on_exit,
             timeout=INSTALL_TIMEOUT,
+            cwd=self.state_dir,  # runs as root: nothing from the app's directory on sys.path
         )
 
     def _release_ready(self: Any, deployment: Deployment, preflight: bool) -> None:
         release = deployment.release
         assert release is not None
+        if release.path is not None and worker_owner(self.cfg):
+            try:
+                self.store.open_to_group(release.path, self.cfg.gid)
+            except OSError as exc:
+                self._fail_early(deployment, f"cannot open {release.path} to the workers: {exc}")
+                return
         if not preflight:
             self._boot(deployment)
             return
@@ -149,7 +156,10 @@ class Deployments:
         try:
             task = Task(name, argv, selector=self.selector, **kwargs)
         except OSError as exc:
-            problem = owner_problem(exc, self.cfg, argv[0]) if kwargs.get("owner") else str(exc)
+            if kwargs.get("owner"):
+                problem = owner_problem(exc, self.cfg, argv[0], kwargs.get("cwd"))
+            else:
+                problem = str(exc)
             if self.deployment is not None and not self.deployment.ended:
                 self._fail_early(self.deployment, f"{name} could not start: {problem}")
             else:

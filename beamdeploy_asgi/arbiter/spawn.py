@@ -22,6 +22,14 @@ from beamdeploy_asgi.arbiter.generation import Generation, WorkerProcess
 SPEC_ENV = "BEAMDEPLOY_WORKER"
 CONTROL_ENV = "BEAMDEPLOY_CONTROL"
 PROTOCOL = 1
+# Settings that only the arbiter uses; every one of them takes a value.
+ARBITER_ONLY = (
+    "release",
+    "release_python",
+    "keep_releases",
+    "artifact_max_size",
+    "artifact_max_files",
+)
 
 
 def spawn_worker(
@@ -46,7 +54,7 @@ def spawn_worker(
             "release": release.describe(),
             "from_environment": release.path is None,
             "pythonpath": list(release.pythonpath),
-            "argv": argv,
+            "argv": worker_argv(argv, cfg),
             "listeners": [sock.fileno() for sock in listeners],
             "heartbeat_fd": heartbeat.fileno(),
             "channel_fd": theirs.fileno(),
@@ -78,6 +86,25 @@ def spawn_worker(
     )
 
 
+def worker_argv(argv: list[str], cfg: Any) -> list[str]:
+    """The arbiter's command line without the options only the arbiter uses.
+
+    Workers parse it again with the beamdeploy-asgi of their own release, which
+    may be older than the arbiter's and not know the newer arbiter options.
+    """
+    flags = {flag for name in ARBITER_ONLY for flag in cfg.settings[name].cli}
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg.split("=", 1)[0] in flags:
+            skip_value = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
+
+
 def worker_owner(cfg: Any) -> dict[str, Any]:
     """gunicorn's user/group settings: workers drop privileges, the arbiter keeps them.
 
@@ -101,8 +128,8 @@ def worker_owner(cfg: Any) -> dict[str, Any]:
     return owner
 
 
-def owner_problem(exc: OSError, cfg: Any, python: str) -> str:
-    """`exc` from starting `python`, explained when the workers' user is the cause."""
+def owner_problem(exc: OSError, cfg: Any, python: str, cwd: str | None) -> str:
+    """`exc` from starting `python` as the workers' user, with what that user needs."""
     if not isinstance(exc, PermissionError) or cfg.uid == os.geteuid():
         return str(exc)
     try:
@@ -110,7 +137,8 @@ def owner_problem(exc: OSError, cfg: Any, python: str) -> str:
     except KeyError:
         user = f"uid {cfg.uid}"
     return (
-        f"{exc}; the workers run as {user}, who must be able to reach the working "
-        f"directory and run {python}, which resolves to {os.path.realpath(python)} "
-        "(build releases with an interpreter that user can run: --release-python)"
+        f"{exc}; the workers run as {user} (uid {cfg.uid}, gid {cfg.gid}), who must be "
+        f"able to enter {cwd or os.getcwd()} and run {python}, which resolves to "
+        f"{os.path.realpath(python)} (build releases with an interpreter that user can "
+        "run: --release-python)"
     )

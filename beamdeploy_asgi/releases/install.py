@@ -60,7 +60,6 @@ def install(
         shutil.rmtree(staging / "wheels", ignore_errors=True)
         Release.load(staging)  # the installed release must be loadable as it stands
         mark_installed(staging, digest)
-        staging.chmod(0o755)  # mkdtemp made it 0700; workers may run as another user
         final = store.releases_dir / f"{manifest.name}-{manifest.version}"
         if final.exists():
             final = final.with_name(f"{final.name}-{digest[:12]}")
@@ -150,13 +149,14 @@ def _build_venv(root: Path, python: str, manifest: ArtifactManifest, tool: str) 
     offline = ["--no-index", "--find-links", str(root / "wheels")]
     if tool == "uv":
         uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-        _run([uv, "venv", "--quiet", "--python", python, str(venv)])
+        _run([uv, "venv", "--quiet", "--no-config", "--python", python, str(venv)])
         _run(
             [
                 uv,
                 "pip",
                 "install",
                 "--quiet",
+                "--no-config",
                 "--offline",
                 "--python",
                 str(venv / "bin" / "python"),

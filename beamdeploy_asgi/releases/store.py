@@ -75,6 +75,19 @@ class ReleaseStore:
             removed.append((path, str(doomed)))
         return removed
 
+    def open_to_group(self, release_path: str, gid: int) -> bool:
+        """Let group `gid` (workers running as another user) read a release of the store.
+
+        Installed releases are 0700; this makes one 0750 and of group `gid`.
+        Returns False for a release outside the store, which is left alone.
+        """
+        path = os.path.realpath(release_path)
+        if os.path.dirname(path) != os.path.realpath(self.releases_dir):
+            return False
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o750)
+        return True
+
     # -- current ------------------------------------------------------------
 
     def current(self) -> Path | None:

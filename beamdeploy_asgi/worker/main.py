@@ -8,6 +8,7 @@ release, and runs a WorkerServer on the inherited listening sockets.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -152,14 +153,16 @@ def abort(runtime: WorkerRuntime) -> None:
     uvicorn turns any exception raised there, SystemExit included, into a 500
     and serves on. So the worker leaves with ``os._exit`` after the hook.
     """
-    runtime.log.critical("%s: no heartbeat for %ss, aborting", runtime.name, runtime.cfg.timeout)
-    runtime.hook("worker_abort")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(1)
+    try:
+        runtime.log.critical(
+            "%s: no heartbeat for %ss, aborting", runtime.name, runtime.cfg.timeout
+        )
+        runtime.hook("worker_abort")
+    finally:
+        with contextlib.suppress(Exception):  # even a reentrant write must not stop the exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(1)
 
 
 def report(runtime: WorkerRuntime, failure: BootFailure) -> None:

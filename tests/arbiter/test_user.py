@@ -65,7 +65,7 @@ def test_workers_run_as_the_configured_user(shared_dir, artifacts):
     server = ServerProcess(
         shared_dir / "server",
         [
-            "--workers", "2", "--user", "nobody", "--group", str(NOBODY.pw_gid),
+            "--workers", "2", "--user", "nobody",  # and nobody's own group
             "--timeout", "3",  # the heartbeat file must be writable by the workers' user
             "--release-python", python_nobody_can_run(),
             "--release", str(artifacts["1.0.0"]),
@@ -100,7 +100,8 @@ def test_workers_run_as_the_configured_user(shared_dir, artifacts):
         assert httpx.get(server.url).text.startswith("1.1.0 sample")
         assert list((state / "uploads").iterdir()) == []
         for release in (state / "releases").iterdir():
-            assert stat.S_IMODE(release.stat().st_mode) == 0o755
+            mode = release.stat()
+            assert stat.S_IMODE(mode.st_mode) == 0o750 and mode.st_gid == nobody[1]
         time.sleep(4)
         assert "WORKER TIMEOUT" not in server.log()
     finally:
@@ -119,4 +120,28 @@ def test_a_working_directory_the_user_cannot_reach_is_named(tmp_path, artifacts)
         server.stop()
     log = server.log()
     assert "Permission denied" in log
-    assert "the workers run as nobody, who must be able to reach the working directory" in log
+    assert f"the workers run as nobody (uid {NOBODY.pw_uid}, gid {NOBODY.pw_gid}), who must " in log
+    assert f"be able to enter {server.workdir}" in log
+
+
+@pytest.mark.parametrize(
+    ("user", "reason"),
+    [
+        ("54321", "the workers would keep group root"),  # no passwd entry, so no group
+        ("nobody", "must belong to the arbiter's user"),
+    ],
+)
+def test_unsafe_ownership_is_refused(shared_dir, releases, user, reason):
+    server = ServerProcess(
+        shared_dir / "server",
+        ["--workers", "1", "--user", user, "--release", str(releases["v1"])],
+    )
+    if user == "nobody":  # a state dir the workers' user owns could be used against root
+        server.state_dir.mkdir(parents=True)
+        os.chown(server.state_dir, NOBODY.pw_uid, NOBODY.pw_gid)
+    try:
+        server.start(expect_serving=False)
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
+    assert reason in server.log()

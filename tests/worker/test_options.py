@@ -96,12 +96,17 @@ def test_a_release_with_an_older_beamdeploy_ignores_options_it_does_not_know(ser
     """Workers re-read the arbiter's options with their release's own beamdeploy-asgi."""
     release = releases.custom("older", versioned_app("older"))
     (settings,) = (release / "venv").glob("lib/python*/site-packages/beamdeploy_asgi/settings.py")
-    older = settings.read_text()
-    assert "class ReleasePython(" in older
-    older = older[: older.index("class ReleasePython(")]  # as before that option existed
+    source = settings.read_text()
+    start = source.index("class MaxUploadSize(")
+    end = source.index("\ndef ", start)
     settings.unlink()  # a new file: the old one may be a hard link into uv's cache
-    settings.write_text(older)
+    settings.write_text(source[:start] + source[end:])  # as before that option existed
 
-    server = serve("--workers", "1", "--release", str(release), "--release-python", sys.executable)
+    server = serve(
+        "--workers", "1", "--release", str(release),
+        "--max-upload-size", "1000", "--release-python", sys.executable,
+    )  # fmt: skip
     assert httpx.get(server.url).text.startswith("older")
-    assert "does not know --release-python; ignored here" in server.log()
+    assert "does not know --max-upload-size; ignored here" in server.log()
+    # Options only the arbiter uses never reach the workers.
+    assert "--release-python" not in server.log()
