@@ -20,6 +20,7 @@ from gunicorn.errors import ConfigError
 
 import beamdeploy_asgi.settings  # noqa: F401  (registers beamdeploy's settings)
 from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.help_text import readable_parser
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import state_dir
@@ -73,6 +74,7 @@ class BeamApplication(Application):
     def load_default_config(self) -> None:
         super().load_default_config()
         self.cfg.set("worker_class", WORKER_CLASS)
+        self.cfg.parser = readable_parser(self.cfg)  # plain-text --help, real defaults
 
     def load_config(self) -> None:
         if self.lenient:
