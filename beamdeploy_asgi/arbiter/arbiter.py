@@ -53,6 +53,7 @@ KILL_MARGIN = 2.0  # past graceful_timeout, a draining worker is killed
 STABLE_AFTER = 10.0  # a worker serving this long ends a crash streak
 MAX_BACKOFF = 30.0
 KEPT_DEPLOYMENTS = 50
+MAX_PATH = 4096
 
 
 def backoff(streak: int) -> float:
@@ -363,6 +364,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         generation = worker.generation
         if event == "ready" and worker.state is WorkerState.BOOTING:
             worker.state = WorkerState.READY
+            app_file = message.get("app_file")
+            if isinstance(app_file, str) and len(app_file) <= MAX_PATH:
+                worker.app_file = app_file
             self.log.info("%s: worker %s is ready", generation, worker.pid)
             if generation is self.serving:
                 worker.send({"cmd": "serve"})

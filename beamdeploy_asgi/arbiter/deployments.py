@@ -28,6 +28,8 @@ from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, Work
 from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.releases.preflight import RELEASE_ENV
+from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 from beamdeploy_asgi.releases.release import Release
 
 INSTALL_TIMEOUT = 900.0
@@ -134,13 +136,14 @@ class Deployments:
 
         env = dict(os.environ)
         if release.path is not None:
+            env = release_environment(env)
             env["VIRTUAL_ENV"] = os.path.join(release.path, "venv")
+            env[RELEASE_ENV] = release.path
         self._start_task(
             "preflight",
             [
                 release.python,
-                "-m",
-                "beamdeploy_asgi.releases.preflight",
+                *bootstrap("beamdeploy_asgi.releases.preflight"),
                 release.app,
                 *release.pythonpath,
             ],

@@ -47,6 +47,7 @@ class WorkerProcess:
     aborted: bool = False
     stopped_accepting: bool = False
     failure: str | None = None
+    app_file: str | None = None
     inbox: bytes = b""
 
     @property
@@ -66,7 +67,13 @@ class WorkerProcess:
         return time.monotonic() - self.serving_since
 
     def describe(self) -> dict[str, Any]:
-        return {"pid": self.pid, "state": self.state.value, "age": self.age}
+        return {
+            "pid": self.pid,
+            "state": self.state.value,
+            "age": self.age,
+            "app_file": self.app_file,
+            "artifact_sha256": self.generation.release.artifact_sha256,
+        }
 
     def close(self) -> None:
         self.channel.close()

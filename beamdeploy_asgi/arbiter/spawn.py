@@ -18,6 +18,7 @@ from typing import Any
 from gunicorn.workers.workertmp import WorkerTmp
 
 from beamdeploy_asgi.arbiter.generation import Generation, WorkerProcess
+from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 
 SPEC_ENV = "BEAMDEPLOY_WORKER"
 CONTROL_ENV = "BEAMDEPLOY_CONTROL"
@@ -60,14 +61,15 @@ def spawn_worker(
             "channel_fd": theirs.fileno(),
         }
         env = dict(os.environ)
-        env[SPEC_ENV] = json.dumps(spec)
-        env[CONTROL_ENV] = control_path
         if release.path is not None:
+            env = release_environment(env)
             venv = os.path.join(release.path, "venv")
             env["VIRTUAL_ENV"] = venv
             env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")
+        env[SPEC_ENV] = json.dumps(spec)
+        env[CONTROL_ENV] = control_path
         proc = subprocess.Popen(
-            [release.python, "-m", "beamdeploy_asgi.worker"],
+            [release.python, *bootstrap("beamdeploy_asgi.worker")],
             pass_fds=[*spec["listeners"], heartbeat.fileno(), theirs.fileno()],
             env=env,
             cwd=cwd,

@@ -1,14 +1,21 @@
 """Import the app once in the release's interpreter, before any worker boots.
 
 Run as ``<release>/venv/bin/python -m beamdeploy_asgi.releases.preflight APP
-[PATH ...]``; prints one JSON line and exits 0 when the import works.
+[PATH ...]`` (through the provenance bootstrap); prints one JSON line and
+exits 0 when the import works. With ``BEAMDEPLOY_RELEASE_PATH`` set, the app
+must also come from inside that release.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
+
+from beamdeploy_asgi.releases import provenance
+
+RELEASE_ENV = "BEAMDEPLOY_RELEASE_PATH"
 
 
 def main() -> None:
@@ -29,6 +36,13 @@ def main() -> None:
             flush=True,
         )
         sys.exit(1)
+    release_path = os.environ.get(RELEASE_ENV)
+    if release_path:
+        try:
+            provenance.check(app, release_path)
+        except provenance.ProvenanceError as exc:
+            print(json.dumps({"error": str(exc)}), flush=True)
+            sys.exit(1)
     print(json.dumps({"ok": True}), flush=True)
 
 

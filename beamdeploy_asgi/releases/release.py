@@ -24,6 +24,7 @@ from typing import Any
 from beamdeploy_asgi.errors import ReleaseError
 
 MANIFEST = "beamdeploy-release.json"
+DIGEST_FILE = ".artifact-sha256"  # written by the store when it installs an artifact
 APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?$")
 
 
@@ -37,6 +38,7 @@ class Release:
     python: str
     path: str | None = None
     pythonpath: tuple[str, ...] = field(default_factory=tuple)
+    artifact_sha256: str | None = None
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Release:
@@ -78,6 +80,7 @@ class Release:
             python=str(python),
             path=str(root),
             pythonpath=tuple(paths),
+            artifact_sha256=_artifact_digest(root),
         )
 
     @classmethod
@@ -100,10 +103,19 @@ class Release:
             "app": self.app,
             "path": self.path,
             "python": self.python,
+            "artifact_sha256": self.artifact_sha256,
         }
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
+
+
+def _artifact_digest(root: Path) -> str | None:
+    try:
+        digest = (root / DIGEST_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
 def check_app_spec(app: str, *, where: str) -> None:

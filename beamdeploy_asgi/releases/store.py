@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from beamdeploy_asgi.errors import ReleaseError
-from beamdeploy_asgi.releases.release import MANIFEST, Release
+from beamdeploy_asgi.releases.release import DIGEST_FILE, MANIFEST, Release
 
-DIGEST_FILE = ".artifact-sha256"
 INSTALLED_FILE = ".installed-at"
 
 

@@ -24,6 +24,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from beamdeploy_asgi.admin import app as admin_app
 from beamdeploy_asgi.admin.mount import AdminMount
+from beamdeploy_asgi.releases import provenance
 from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
@@ -79,6 +80,7 @@ def build_server(runtime: WorkerRuntime) -> WorkerServer:
         app = import_from_string(app_spec)
     except BaseException as exc:  # an import can raise anything, SystemExit included
         raise BootFailure.from_exception("import", f"could not import {app_spec}", exc) from None
+    runtime.app_file = app_origin(app_spec, runtime.release.get("path"))
     config = uvicorn.Config(app, **uvicorn_options(runtime.cfg))
     try:
         config.load()
@@ -86,6 +88,16 @@ def build_server(runtime: WorkerRuntime) -> WorkerServer:
         raise BootFailure.from_exception("import", f"could not load {app_spec}", exc) from None
     config.loaded_app = ConnectionCloseWhenDraining(with_admin(config, runtime), runtime)
     return WorkerServer(config, runtime)
+
+
+def app_origin(app_spec: str, release_path: str | None) -> str | None:
+    """The file that defines the app; for a release, checked to lie inside it."""
+    if release_path is None:
+        return provenance.app_file(app_spec)
+    try:
+        return provenance.check(app_spec, release_path)
+    except provenance.ProvenanceError as exc:
+        raise BootFailure("import", str(exc)) from None
 
 
 def with_admin(config: uvicorn.Config, runtime: WorkerRuntime) -> Any:

@@ -41,6 +41,7 @@ class WorkerRuntime:
         self.log: Any = None
         self.heartbeat_task: asyncio.Task[None] | None = None
         self.boot_deadline = 0.0
+        self.app_file: str | None = None
 
     def load_config(self) -> None:
         from beamdeploy_asgi import __version__

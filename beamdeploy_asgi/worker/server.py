@@ -100,7 +100,7 @@ class WorkerServer(uvicorn.Server):
         runtime.start_heartbeat()
         if not await self._unless_stopped(self._boot()):
             await self._stop_unserved()
-        runtime.channel.send("ready")
+        runtime.channel.send("ready", app_file=runtime.app_file)
         if not await self._unless_stopped(self.serve_ordered.wait()):
             await self._stop_unserved()
         loop = asyncio.get_running_loop()
