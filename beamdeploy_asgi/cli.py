@@ -9,17 +9,20 @@ import sys
 import time
 from typing import Any
 
+from beamdeploy_asgi import __version__
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 
-USAGE = """\
-beamdeploy serve [GUNICORN OPTIONS] [--release DIR_OR_ARTIFACT] [APP_MODULE]
-beamdeploy upgrade RELEASE [--state-dir DIR] [--json] [--no-wait]
-beamdeploy rollback [--to VERSION] [--state-dir DIR] [--json] [--no-wait]
-beamdeploy status [--state-dir DIR] [--json]
-beamdeploy releases [--state-dir DIR] [--json]
-beamdeploy build [PROJECT_DIR] [-o OUTDIR] [--app MODULE:ATTR] [--name N] [--version V]
-"""
+DESCRIPTION = "Zero-downtime deploys of ASGI apps under a long-lived gunicorn arbiter."
+STATE_DIR_HELP = (
+    "the arbiter's state directory, which holds its control socket "
+    "(default: $BEAMDEPLOY_STATE_DIR, else .beamdeploy)"
+)
+TIMEOUT_HELP = (
+    "give up when the arbiter has sent nothing for SECONDS: exit 1 with 'the arbiter "
+    "did not answer in time'; the deployment goes on in the arbiter "
+    "(default: wait as long as the deployment takes)"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,41 +51,153 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beamdeploy", usage=USAGE)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    """Every command; `serve` is only listed here, its options are gunicorn's.
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help)
-        sub.add_argument(
-            "--state-dir",
-            help="the arbiter's state directory (default $BEAMDEPLOY_STATE_DIR or .beamdeploy)",
-        )
-        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
-        return sub
+    main() hands `serve` to arbiter.application before this parser runs.
+    """
+    parser = argparse.ArgumentParser(
+        prog="beamdeploy",
+        description=DESCRIPTION,
+        formatter_class=CommandsFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands"
+    )
 
-    commands.add_parser("serve", help="run the arbiter (takes gunicorn's options)")
-    upgrade = command("upgrade", "swap the service to a release, blue-green")
-    upgrade.add_argument("release", metavar="RELEASE", help="a release directory or artifact")
-    rollback = command("rollback", "swap back to the previous release, blue-green")
-    rollback.add_argument("--to", metavar="VERSION", help="any kept release instead")
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=description)
+
+    def talks_to_arbiter(sub: argparse.ArgumentParser, json_help: str) -> None:
+        sub.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP)
+        sub.add_argument("--json", action="store_true", help=json_help)
+
+    command(
+        "serve",
+        "run the arbiter (takes gunicorn's options: see serve --help)",
+        "",
+    ).usage = "%(prog)s [GUNICORN OPTIONS] [--release DIR_OR_ARTIFACT] [APP_MODULE]"
+
+    upgrade = command(
+        "upgrade",
+        "swap the service to a release, blue-green",
+        "Boot RELEASE as a new generation next to the serving one, promote it once every "
+        "worker is ready, then drain the old one. Prints each phase as it happens; exits 0 "
+        "once the new generation serves, 1 with the cause if it failed (the serving "
+        "generation is then unchanged).",
+    )
+    upgrade.add_argument(
+        "release",
+        metavar="RELEASE",
+        help="a release directory (manifest and venv) or an artifact (.tar.gz) built by "
+        "beamdeploy build, which is installed into the release store first",
+    )
+    rollback = command(
+        "rollback",
+        "swap back to the previous release, blue-green",
+        "Swap back, blue-green like upgrade, to the release that served before the "
+        "serving one, or to a kept release given with --to.",
+    )
+    rollback.add_argument(
+        "--to",
+        metavar="VERSION",
+        help="the version of a kept release to swap to, as beamdeploy releases lists them "
+        "(default: the release that served before)",
+    )
     for deploying in (upgrade, rollback):
+        talks_to_arbiter(deploying, "print the deployment record as JSON instead of the phases")
         deploying.add_argument(
-            "--no-wait", action="store_true", help="return once the deployment has started"
+            "--no-wait",
+            action="store_true",
+            help="return once the deployment has started and print its id "
+            "(default: follow it until it succeeded or failed)",
         )
-        deploying.add_argument("--timeout", type=float, default=None, help="stop waiting after")
+        deploying.add_argument(
+            "--timeout", metavar="SECONDS", type=positive_seconds, help=TIMEOUT_HELP
+        )
     upgrade.set_defaults(run=run_upgrade)
     rollback.set_defaults(run=run_rollback)
-    status = command("status", "show generations, workers and deployments")
+
+    status = command(
+        "status",
+        "show generations, workers and deployments",
+        "Show the arbiter, its serving, booting and draining generations with their "
+        "workers, and the recent deployments.",
+    )
+    talks_to_arbiter(status, "print the arbiter's whole status as JSON")
+    status.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show, under each worker, the file that defines its app and the "
+        "sha256 of the artifact its release was installed from",
+    )
     status.set_defaults(run=run_status)
-    releases = command("releases", "list the releases kept in the store")
+
+    releases = command(
+        "releases",
+        "list the releases kept in the store",
+        "List the releases of the store, newest first: * marks the current one "
+        "(STATE_DIR/current, what a restarted arbiter boots), ! one whose last "
+        "deployment failed.",
+    )
+    talks_to_arbiter(releases, "print the listing as JSON, with each release's flags")
     releases.set_defaults(run=run_releases)
-    build = commands.add_parser("build", help="build a release artifact from a project")
-    build.add_argument("project", nargs="?", default=".", metavar="PROJECT_DIR")
-    build.add_argument("-o", "--outdir", default="dist", help="where to write it (dist)")
-    build.add_argument("--app", help="module:attribute (default [tool.beamdeploy] app)")
-    build.add_argument("--name", help="release name (default [project] name)")
-    build.add_argument("--version", help="release version (default [project] version)")
+
+    build = command(
+        "build",
+        "build a release artifact from a project (no arbiter needed)",
+        "Build one artifact holding the app and every wheel it needs, so the host "
+        "installs it without network.",
+    )
+    build.add_argument(
+        "project",
+        nargs="?",
+        default=".",
+        metavar="PROJECT_DIR",
+        help="the project: a directory with pyproject.toml, or with the app's source "
+        "and requirements.txt (default: .)",
+    )
+    build.add_argument(
+        "-o", "--outdir", default="dist", help="where to write the artifact (default: dist)"
+    )
+    build.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="the ASGI app (default: [tool.beamdeploy] app of pyproject.toml)",
+    )
+    build.add_argument("--name", help="the release name (default: [project] name)")
+    build.add_argument("--version", help="the release version (default: [project] version)")
+
+    parser.epilog = "usage of each command (beamdeploy COMMAND --help says more):\n" + "\n".join(
+        usage_line(sub) for sub in commands.choices.values()
+    )
     return parser
+
+
+class CommandsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the commands without argparse's lone COMMAND line above them."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(sub) for sub in action._get_subactions())
+        return super()._format_action(action)
+
+
+def usage_line(parser: argparse.ArgumentParser) -> str:
+    """`parser`'s usage, indented under the top-level help's epilog."""
+    lines = parser.format_usage().removeprefix("usage: ").rstrip().splitlines()
+    return "\n".join(["  " + lines[0], *(line.removeprefix("     ") for line in lines[1:])])
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return seconds
 
 
 def run_build(options: argparse.Namespace) -> int:
@@ -153,14 +268,36 @@ def run_releases(client: ControlClient, options: argparse.Namespace) -> int:
     listed = client.request({"op": "releases"})
     if options.json:
         print(json.dumps(listed, indent=2))
-        return 0
-    if not listed["releases"]:
-        print("no releases in the store")
-    for release in listed["releases"]:
-        mark = "*" if release["current"] else " "
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(release["installed_at"]))
-        print(f"{mark} {release['name']} {release['version']:<12} {when}  {release['path']}")
+    else:
+        print(format_releases(listed))
     return 0
+
+
+def format_releases(listed: dict[str, Any]) -> str:
+    """The arbiter's `releases` reply, one line per release in the order given.
+
+    `*` marks the current release, `!` one whose last deployment failed. A
+    current release outside the store (a directory given to `serve --release`
+    or `upgrade`) gets a line of its own, as nothing else would show it.
+    """
+    releases = listed.get("releases") or []
+    current = listed.get("current")
+    lines = []
+    if current and not any(release.get("current") for release in releases):
+        lines.append(f"* {current}  (current, not in the store)")
+    for release in releases:
+        failed = release.get("failed")
+        mark = "*" if release.get("current") else "!" if failed else " "
+        installed_at = release.get("installed_at")
+        when = clock(installed_at, "%Y-%m-%d %H:%M") if installed_at else "-"
+        line = f"{mark} {release['name']} {release['version']:<12} {when}  {release['path']}"
+        if failed:
+            error = (failed.get("error") or "").splitlines()
+            line += f"  failed at {failed.get('phase')}" + (f": {error[0]}" if error else "")
+        lines.append(line)
+    if not lines:
+        lines.append("no releases in the store")
+    return "\n".join(lines)
 
 
 def run_status(client: ControlClient, options: argparse.Namespace) -> int:
@@ -168,11 +305,16 @@ def run_status(client: ControlClient, options: argparse.Namespace) -> int:
     if options.json:
         print(json.dumps(status, indent=2))
     else:
-        print(format_status(status))
+        print(format_status(status, verbose=options.verbose))
     return 0
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: dict[str, Any], verbose: bool = False) -> str:
+    """The arbiter's status for people; `verbose` adds what each worker runs.
+
+    Keys newer than the oldest supported arbiter are read with .get() and
+    shown as "-" when absent.
+    """
     arbiter = status["arbiter"]
     lines = [
         f"arbiter pid {arbiter['pid']} on {', '.join(arbiter['listeners'])}",
@@ -182,12 +324,13 @@ def format_status(status: dict[str, Any]) -> str:
     def generation(title: str, gen: dict[str, Any]) -> None:
         release = gen["release"]
         where = release["path"] or "serving environment"
-        lines.append(
-            f"{title}: generation {gen['generation']}, {release['name']} "
-            f"{release['version']} ({where})"
-        )
+        lines.append(f"{title}: generation {gen['generation']}, {release_label(release)} ({where})")
         for worker in gen["workers"]:
             lines.append(f"  worker {worker['pid']:>7}  {worker['state']}")
+            if verbose:
+                digest = worker.get("artifact_sha256", release.get("artifact_sha256"))
+                lines.append(f"    app file         {worker.get('app_file') or '-'}")
+                lines.append(f"    artifact sha256  {digest or '-'}")
 
     if status["serving"]:
         generation("serving", status["serving"])
@@ -199,14 +342,30 @@ def format_status(status: dict[str, Any]) -> str:
         generation("draining", gen)
     deployment = status["deployment"]
     if deployment:
-        lines.append(f"upgrade in progress: {deployment['id']} ({deployment['phase']})")
+        lines.append(
+            f"{deployment.get('kind', 'upgrade')} in progress: {deployment['id']} "
+            f"({deployment['phase']}) to {release_label(deployment.get('to'))}"
+        )
     if status["deployments"]:
         lines.append("recent deployments:")
         for past in status["deployments"][:5]:
-            target = past["to"]
             outcome = past["outcome"] or past["phase"]
+            error = (past.get("error") or "").splitlines()
             lines.append(
-                f"  {past['id']}  {past['kind']:<8} {target['name']} {target['version']:<10} "
-                f"{outcome}" + (f": {past['error'].splitlines()[0]}" if past["error"] else "")
+                f"  {past['id']}  {past['kind']:<8} {release_label(past.get('to')):<15} "
+                f"{outcome}" + (f": {error[0]}" if error else "")
             )
     return "\n".join(lines)
+
+
+def release_label(release: dict[str, Any] | None) -> str:
+    """Name and version, or the artifact's file name until it is installed (or if it failed)."""
+    if not release:
+        return "-"
+    if "name" not in release and release.get("artifact"):
+        return os.path.basename(release["artifact"])
+    return f"{release.get('name', '?')} {release.get('version', '?')}"
+
+
+def clock(epoch: float, fmt: str) -> str:
+    return time.strftime(fmt, time.localtime(epoch))
