@@ -45,12 +45,20 @@ async def home(request: Request) -> HTMLResponse:
     me = whoami()
     if beamdeploy_asgi.enabled():
         status = await run_in_threadpool(beamdeploy_asgi.status)
-        workers = len(status["serving"]["workers"])
-        summary = f"{workers} workers serve; {len(status['draining'])} generations draining"
+        summary = describe(status)
     else:
         summary = "not running under beamdeploy"
     color = COLORS[sum(map(ord, me["version"])) % len(COLORS)]
     return HTMLResponse(PAGE.format(color=color, status=html.escape(summary), **me))
+
+
+def describe(status: dict) -> str:
+    """One line on the page, e.g. "2 workers serve; 1 generation draining"."""
+    workers = len(status["serving"]["workers"]) if status["serving"] else 0
+    serve = "worker serves" if workers == 1 else "workers serve"
+    draining = len(status["draining"])
+    generations = "generation" if draining == 1 else "generations"
+    return f"{workers} {serve}; {draining} {generations} draining"
 
 
 async def health(request: Request) -> JSONResponse:
