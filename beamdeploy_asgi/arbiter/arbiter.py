@@ -37,7 +37,12 @@ from beamdeploy_asgi.arbiter.generation import (
     WorkerProcess,
     WorkerState,
 )
-from beamdeploy_asgi.arbiter.listeners import bind_listeners, close_listeners, describe
+from beamdeploy_asgi.arbiter.listeners import (
+    ListenError,
+    bind_listeners,
+    close_listeners,
+    describe,
+)
 from beamdeploy_asgi.arbiter.requests import ControlRequests
 from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
 from beamdeploy_asgi.arbiter.tasks import Task
@@ -96,7 +101,10 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, None)
-        self.LISTENERS = bind_listeners(self.cfg, self.log)
+        try:
+            self.LISTENERS = bind_listeners(self.cfg, self.log)
+        except ListenError as exc:
+            raise HaltServer(str(exc), 1) from None
         self.log.info(
             "Listening at: %s (%s)", ",".join(describe(s) for s in self.LISTENERS), self.pid
         )

@@ -3,12 +3,14 @@
 One socket per address means one accept queue: when a draining worker stops
 accepting, connections waiting in the queue are taken by the next generation
 instead of being reset, as they would be with per-worker SO_REUSEPORT sockets.
-SO_REUSEPORT is still set so that another process (a second arbiter during a
-host migration, say) can bind the same address next to us.
+No SO_REUSEPORT here either: with it a second server on the same address
+would start without a word and take half of the connections. An address that
+anything already listens on is refused, naming who holds it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -17,15 +19,26 @@ from typing import Any
 from gunicorn import systemd
 
 
+class ListenError(Exception):
+    """An address could not be listened on; the message says which and why."""
+
+
 def bind_listeners(cfg: Any, log: Any) -> list[socket.socket]:
     inherited = systemd.listen_fds()
     if inherited:
         first = systemd.SD_LISTEN_FDS_START
         return [socket.socket(fileno=fd) for fd in range(first, first + inherited)]
-    return [_bind(address, cfg, log) for address in cfg.address]
+    bound: list[socket.socket] = []
+    try:
+        for address in cfg.address:
+            bound.append(_bind(address, cfg))
+    except BaseException:
+        close_listeners(bound)
+        raise
+    return bound
 
 
-def _bind(address: Any, cfg: Any, log: Any) -> socket.socket:
+def _bind(address: Any, cfg: Any) -> socket.socket:
     if isinstance(address, int):
         return socket.socket(fileno=address)
     if isinstance(address, str):
@@ -34,33 +47,109 @@ def _bind(address: Any, cfg: Any, log: Any) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        # Lets us rebind over connections of a previous run in TIME_WAIT;
+        # on Linux it never lets two sockets listen on one address.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
         sock.listen(cfg.backlog)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(_refusal(_show(host, port), exc, port)) from None
     return sock
 
 
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _refusal(where: str, exc: OSError, port: int | None = None) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        holder = holders_of_port(port) if port is not None else ""
+        by = f" by {holder}" if holder else ""
+        return f"cannot listen on {where}: the address is already in use{by}"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+def holders_of_port(port: int) -> str:
+    """'pid N (command)' of the processes listening on TCP `port`, as far as /proc shows."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 9 and fields[3] == "0A":  # LISTEN
+                        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                            inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    if not inodes:
+        return ""
+    found = []
+    for pid in _pids():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    found.append(f"pid {pid} ({_command(pid)})")
+                    break
+            except OSError:
+                continue
+    return ", ".join(found[:5])
+
+
+def _pids() -> list[int]:
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            words = cmdline.read(4096).split(b"\0")
+    except OSError:
+        return "?"
+    text = " ".join(word.decode(errors="replace") for word in words if word)
+    return text[:200] or "?"
+
+
 def _bind_unix(path: str, cfg: Any) -> socket.socket:
+    where = f"unix:{path}"
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
+            if _answers(path):
+                raise ListenError(f"cannot listen on {where}: another server listens there")
+            os.unlink(path)  # left behind by a server that is gone
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(cfg.umask)
     try:
         sock.bind(path)
+        sock.listen(cfg.backlog)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(_refusal(where, exc)) from None
     finally:
         os.umask(old_umask)
-    sock.listen(cfg.backlog)
     return sock
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def describe(sock: socket.socket) -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+
+import httpx
 
 import beamdeploy_asgi
 from tests.support.load import Load
@@ -57,14 +60,68 @@ def test_v1_v2_v3_swaps_under_load_lose_nothing(serve, releases):
     assert after.failures == [] and set(after.bodies) == {"v3"}
 
 
-def test_listening_socket_has_so_reuseport(serve, releases):
-    server = serve("--workers", "1", "--release", str(releases["v1"]))
-    probe = socket.socket()
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+def test_second_server_on_a_served_address_is_refused(serve, releases):
+    first = serve("--workers", "2", "--release", str(releases["v1"]))
+    with Load(first.url, keepalive_clients=2, close_clients=2, max_seconds=60) as load:
+        load.wait_requests(50)
+        second = serve("--workers", "1", "--release", str(releases["v2"]), launch=False)
+        second.port = first.port
+        second.command[second.command.index("--bind") + 1] = f"127.0.0.1:{first.port}"
+        second.start(expect_serving=False)
+        assert second.proc.wait(30) == 1
+        load.wait_requests(50)
+    log = second.log()
+    assert f"cannot listen on 127.0.0.1:{first.port}: the address is already in use" in log
+    assert f"pid {first.proc.pid} (" in log, "the holder is named"
+    assert "Traceback" not in log
+    assert load.result.failures == []
+    assert set(load.result.bodies) == {"v1"}, "every request went to the first server"
+    assert len(listening_inodes(first.port)) == 1
+
+
+def test_port_held_by_another_program_is_refused_with_its_pid(serve, tmp_path):
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # would let us share, were it set
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
     try:
-        probe.bind(("127.0.0.1", server.port))  # only possible if ours set it too
+        port = holder.getsockname()[1]
+        server = serve("--workers", "1", "app:app", launch=False)
+        server.command[server.command.index("--bind") + 1] = f"127.0.0.1:{port}"
+        server.start(expect_serving=False)
+        assert server.proc.wait(30) == 1
     finally:
-        probe.close()
+        holder.close()
+    log = server.log()
+    assert (
+        f"cannot listen on 127.0.0.1:{port}: the address is already in use by pid {os.getpid()}"
+        in log
+    )
+    assert "Traceback" not in log and "Unhandled exception" not in log
+
+
+def over_unix(path) -> str:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path))) as client:
+        return client.get("http://app/").text
+
+
+def test_unix_socket_in_use_is_refused_and_a_stale_one_replaced(serve, releases, tmp_path):
+    path = tmp_path / "app.sock"
+    first = serve("--workers", "1", "--release", str(releases["v1"]), "--bind", f"unix:{path}")
+    second = serve(
+        "--workers", "1", "--release", str(releases["v1"]), "--bind", f"unix:{path}", launch=False
+    )
+    second.start(expect_serving=False)
+    assert second.proc.wait(30) == 1
+    assert f"cannot listen on unix:{path}: another server listens there" in second.log()
+    assert over_unix(path).startswith("v1 "), "the first server still has its socket"
+    first.stop()
+
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # a socket file nobody listens on any more
+    stale.close()
+    third = serve("--workers", "1", "--release", str(releases["v2"]), "--bind", f"unix:{path}")
+    assert over_unix(path).startswith("v2 ") and third.status()["serving"]
 
 
 def test_status_json_describes_generations(serve, releases):
