@@ -292,8 +292,9 @@ def format_releases(listed: dict[str, Any]) -> str:
         when = clock(installed_at, "%Y-%m-%d %H:%M") if installed_at else "-"
         line = f"{mark} {release['name']} {release['version']:<12} {when}  {release['path']}"
         if failed:
-            error = (failed.get("error") or "").splitlines()
-            line += f"  failed at {failed.get('phase')}" + (f": {error[0]}" if error else "")
+            phase = failed.get("phase")
+            error = (failed.get("error") or "").removeprefix(f"{phase}: ").splitlines()
+            line += f"  failed at {phase}" + (f": {error[0]}" if error else "")
         lines.append(line)
     if not lines:
         lines.append("no releases in the store")

@@ -348,8 +348,8 @@ def test_releases_in_the_order_given_with_current_and_failed_marks():
     ]
 
 
-def test_a_failed_boot_shows_only_the_first_line_of_its_error():
-    failed = {"phase": "boot", "error": "RuntimeError: no\n  more", "at": 1795766410.0}
+def test_a_failed_release_shows_the_first_line_of_its_error_once_prefixed():
+    failed = {"phase": "boot", "error": "boot: RuntimeError: no\n  more", "at": 1795766410.0}
     reply = {"releases": [listed("1.2.0", 1795766400.0, failed=failed)], "current": None}
     assert format_releases(reply).endswith("  failed at boot: RuntimeError: no")
 
