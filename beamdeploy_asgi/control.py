@@ -10,20 +10,15 @@ following a deployment) and then exactly one ``{"result": {...}}`` or
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.lines import MAX_LINE, LineBuffer, LineTooLong, encode, parse_object
 
 SOCKET_NAME = "control.sock"
-MAX_LINE = 1024 * 1024
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 def socket_path(state_dir: str) -> str:
@@ -78,7 +73,7 @@ class ControlClient:
             except OSError as exc:
                 raise ControlError("disconnected", f"the arbiter went away: {exc}") from None
             sock.settimeout(timeout)
-            buffer = b""
+            reader = LineBuffer()
             while True:
                 try:
                     chunk = sock.recv(65536)
@@ -88,12 +83,12 @@ class ControlClient:
                     raise ControlError("disconnected", f"the arbiter went away: {exc}") from None
                 if not chunk:
                     return
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    yield json.loads(line)
-                if len(buffer) > MAX_LINE:
-                    raise ControlError("protocol", "the arbiter sent an oversized line")
+                try:
+                    lines = reader.feed(chunk)
+                except LineTooLong:
+                    raise ControlError("protocol", "the arbiter sent an oversized line") from None
+                for line in lines:
+                    yield _reply(line)
         finally:
             sock.close()
 
@@ -125,10 +120,13 @@ class AsyncControlClient:
             writer.write(encode(message))
             await writer.drain()
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:  # asyncio's LimitOverrunError
+                    raise ControlError("protocol", "the arbiter sent an oversized line") from None
                 if not line:
                     raise ControlError("disconnected", "the arbiter closed the connection early")
-                reply = json.loads(line)
+                reply = _reply(line)
                 if "error" in reply:
                     error = reply["error"]
                     raise ControlError(error.get("code", "error"), error.get("detail", "error"))
@@ -137,3 +135,10 @@ class AsyncControlClient:
                     return
         finally:
             writer.close()
+
+
+def _reply(line: bytes) -> dict[str, Any]:
+    reply = parse_object(line)
+    if reply is None:
+        raise ControlError("protocol", "the arbiter sent a line that is not a JSON object")
+    return reply

@@ -10,8 +10,8 @@ nothing a deployment does ever blocks reaping or heartbeat checks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import json
 import os
 import queue
 import selectors
@@ -48,6 +48,7 @@ from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.lines import LineTooLong, parse_object
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import state_dir
@@ -355,17 +356,33 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         if not chunk:
             self.selector.unregister(worker.channel)
             return
-        worker.inbox += chunk
-        while b"\n" in worker.inbox:
-            line, worker.inbox = worker.inbox.split(b"\n", 1)
-            try:
-                message = json.loads(line)
-            except Exception:  # ValueError, or RecursionError on absurd nesting
-                message = None
-            if not isinstance(message, dict):
-                self.log.warning("worker %s sent an unreadable status line", worker.pid)
-                continue
+        try:
+            lines = worker.reader.feed(chunk)
+        except LineTooLong as exc:
+            self.reject_worker(worker, f"worker {worker.pid} sent {exc} on its status channel")
+            return
+        for line in lines:
+            message = parse_object(line)
+            if message is None:
+                self.reject_worker(
+                    worker, f"worker {worker.pid} sent a status line that is not a JSON object"
+                )
+                return
             self.on_worker_message(worker, message)
+
+    def reject_worker(self, worker: WorkerProcess, cause: str) -> None:
+        """A worker broke the channel protocol: stop reading it and stop it."""
+        self.log.error("%s: %s; stopping it", worker.generation, cause)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(worker.channel)
+        worker.failure = cause
+        unpromoted = worker.generation.state is GenerationState.BOOTING
+        if unpromoted or worker.state in (WorkerState.BOOTING, WorkerState.READY):
+            self.worker_failed(worker.generation, worker, cause)
+            if worker.state is not WorkerState.STOPPING:
+                self._stop_unserved(worker)
+        elif worker.state is WorkerState.SERVING:
+            self._begin_drain(worker)
 
     def on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         event = message.get("event")

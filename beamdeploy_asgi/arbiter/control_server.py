@@ -7,14 +7,13 @@ stalls the loop that also reaps and watches the workers.
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from beamdeploy_asgi.control import MAX_LINE, encode
+from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object
 
 Handler = Callable[[dict[str, Any], "ControlConnection"], None]
 
@@ -23,7 +22,7 @@ class ControlConnection:
     def __init__(self, sock: socket.socket, server: ControlServer) -> None:
         self.sock = sock
         self.server = server
-        self.inbox = b""
+        self.reader = LineBuffer()
         self.outbox = b""
         self.handled = False
         self.closing = False
@@ -54,19 +53,17 @@ class ControlConnection:
             return
         if self.handled:
             return
-        self.inbox += chunk
-        if b"\n" not in self.inbox:
-            if len(self.inbox) > MAX_LINE:
-                self.fail("bad_request", "request line too long")
-            return
-        line = self.inbox.split(b"\n", 1)[0]
-        self.handled = True
         try:
-            request = json.loads(line)
-        except Exception:  # ValueError, or RecursionError on absurd nesting
-            self.fail("bad_request", "request is not valid JSON")
+            lines = self.reader.feed(chunk)
+        except LineTooLong:
+            self.handled = True
+            self.fail("bad_request", "request line too long")
             return
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        if not lines:
+            return
+        self.handled = True
+        request = parse_object(lines[0])
+        if request is None or not isinstance(request.get("op"), str):
             self.fail("bad_request", "request must be a JSON object with an 'op'")
             return
         try:

@@ -370,6 +370,8 @@ class Deployments:
 
 def _died(task: Task, what: str) -> str:
     """The first line says why; the output's tail follows for the details."""
+    if task.failure is not None:
+        return f"{what} was stopped: {task.failure}"
     tail = task.output_tail()
     how = f"exited with code {task.returncode}" if task.returncode is not None else "died"
     if not tail:

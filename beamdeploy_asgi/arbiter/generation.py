@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 import socket
 import subprocess
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 from gunicorn.workers.workertmp import WorkerTmp
 
+from beamdeploy_asgi.lines import LineBuffer, encode
 from beamdeploy_asgi.releases.release import Release
 
 
@@ -48,7 +48,7 @@ class WorkerProcess:
     stopped_accepting: bool = False
     failure: str | None = None
     app_file: str | None = None
-    inbox: bytes = b""
+    reader: LineBuffer = field(default_factory=LineBuffer)
 
     @property
     def pid(self) -> int:
@@ -56,7 +56,7 @@ class WorkerProcess:
 
     def send(self, message: dict[str, Any]) -> bool:
         try:
-            self.channel.sendall(json.dumps(message).encode() + b"\n")
+            self.channel.sendall(encode(message))
         except OSError:
             return False
         return True

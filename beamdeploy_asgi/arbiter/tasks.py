@@ -2,18 +2,27 @@
 
 Their output is read when the selector says it is readable, and their exit
 is seen by the loop's reaping, so a slow install never stalls the arbiter.
+They run release code, so what is kept of their output is bounded: a capped
+line, the last messages and the last lines of text.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from beamdeploy_asgi.lines import LineBuffer, LineTooLong, parse_object
+
+KEPT_MESSAGES = 100
+KEPT_TEXT_LINES = 200
+TEXT_LINE_CHARS = 2000
+READ_AFTER_EXIT = 1024 * 1024  # a grandchild may hold the pipe open and keep writing
 
 
 class Task:
@@ -35,9 +44,10 @@ class Task:
         self.on_exit = on_exit
         self.deadline = time.monotonic() + timeout
         self.selector = selector
-        self.lines: list[dict[str, Any]] = []
-        self.text: list[str] = []
-        self.inbox = b""
+        self.lines: deque[dict[str, Any]] = deque(maxlen=KEPT_MESSAGES)
+        self.text: deque[str] = deque(maxlen=KEPT_TEXT_LINES)
+        self.reader = LineBuffer()
+        self.failure: str | None = None  # why the arbiter stopped it, if it did
         self.returncode: int | None = None
         self.proc = subprocess.Popen(
             argv,
@@ -65,22 +75,28 @@ class Task:
         if not chunk:
             self._close_output()
             return
-        self.inbox += chunk
-        while b"\n" in self.inbox:
-            raw, self.inbox = self.inbox.split(b"\n", 1)
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        try:
+            lines = self.reader.feed(chunk)
+        except LineTooLong as exc:
+            self.failure = f"it printed {exc}"
+            self._close_output()
+            self.kill()
+            return
+        for raw in lines:
             self._line(raw)
 
     def _line(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace")
-        try:
-            message = json.loads(text)
-        except Exception:  # ValueError, or RecursionError on absurd nesting
-            message = None
-        if isinstance(message, dict):
+        message = parse_object(raw)
+        if message is not None:
             self.lines.append(message)
             self.on_line(message)
-        elif text.strip():
-            self.text.append(text)
+            return
+        text = raw.decode("utf-8", "replace")
+        if text.strip():
+            self.text.append(text[:TEXT_LINE_CHARS])
 
     def _close_output(self) -> None:
         if self.proc.stdout is not None and not self.proc.stdout.closed:
@@ -92,25 +108,26 @@ class Task:
         self.returncode = os.waitstatus_to_exitcode(status)
         self.proc.returncode = self.returncode
         if self.proc.stdout is not None and not self.proc.stdout.closed:
-            # Only what is buffered: a grandchild may hold the pipe open for ever.
-            rest = b""
-            while True:
+            # Only what is buffered, and not without end.
+            budget = READ_AFTER_EXIT
+            while budget > 0 and not self.proc.stdout.closed:
                 try:
-                    chunk = os.read(self.proc.stdout.fileno(), 65536)
+                    chunk = os.read(self.proc.stdout.fileno(), min(65536, budget))
                 except BlockingIOError:
                     break
                 if not chunk:
                     break
-                rest += chunk
-            for raw in (self.inbox + rest).split(b"\n"):
-                if raw.strip():
-                    self._line(raw)
-            self.inbox = b""
+                budget -= len(chunk)
+                self._feed(chunk)
+            if self.failure is None:
+                self._line(self.reader.rest())
             self._close_output()
         self.on_exit(self)
 
     def kill(self) -> None:
         # Not Popen.kill(): it may reap the process, and the arbiter reaps.
+        if self.returncode is not None:
+            return  # reaped: the pid may belong to another process by now
         try:
             os.kill(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -123,4 +140,4 @@ class Task:
         return None
 
     def output_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.text[-lines:])
+        return "\n".join(list(self.text)[-lines:])

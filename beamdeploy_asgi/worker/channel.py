@@ -8,19 +8,20 @@ the arbiter holds the other end, so this is our parent-death signal.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object
 
 
 class Channel:
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)
-        self.inbox = b""
+        self.reader = LineBuffer()
 
     def send(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, **fields}).encode() + b"\n"
+        line = encode({"event": event, **fields})
         try:
             self.sock.sendall(line)
         except OSError:
@@ -42,12 +43,14 @@ class Channel:
                 loop.remove_reader(self.sock.fileno())
                 on_lost()
                 return
-            self.inbox += chunk
-            while b"\n" in self.inbox:
-                line, self.inbox = self.inbox.split(b"\n", 1)
-                try:
-                    on_command(json.loads(line))
-                except ValueError:
-                    continue
+            try:
+                lines = self.reader.feed(chunk)
+            except LineTooLong:
+                lines = []
+                self.reader = LineBuffer()  # only the arbiter writes here; drop the junk
+            for line in lines:
+                command = parse_object(line)
+                if command is not None:
+                    on_command(command)
 
         loop.add_reader(self.sock.fileno(), readable)
