@@ -240,6 +240,7 @@ class Deployments:
         self.serving = target
         if target.release.path is not None:
             self.store.set_current(target.release.path)
+            self.store.clear_failed(target.release.path)
         self.log.info("deployment %s: %s promoted", deployment.id, target)
         deployment.record("promoted", f"{target} serves")
         if deployment.kind == "boot":
@@ -297,19 +298,27 @@ class Deployments:
         if not deployment.ended:
             deployment.finish("failed", f"{deployment.target} failed", deployment.error)
         self.generation_emptied(deployment.target)
-        self._end_failed(deployment)
+        self._end_failed(deployment, "boot")
 
     def _fail_early(self: Any, deployment: Deployment, cause: str) -> None:
         """A failure before any worker started: nothing to stop."""
+        phase = deployment.phase
         self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
         deployment.finish("failed", cause.splitlines()[0], cause)
-        self._end_failed(deployment)
+        self._end_failed(deployment, phase)
 
-    def _end_failed(self: Any, deployment: Deployment) -> None:
+    def _end_failed(self: Any, deployment: Deployment, phase: str) -> None:
         self.deployment = None
         self._remember(deployment)
+        release = deployment.release
+        if release is not None and release.path is not None and phase in ("preflight", "boot"):
+            try:
+                self.store.mark_failed(release.path, phase, deployment.error or "failed")
+            except OSError as exc:
+                self.log.error("cannot mark %s as failed: %s", release.path, exc)
         if self.serving is None and not self.stopping:
-            cause = (deployment.error or "unknown cause").splitlines()[0]
+            # The whole cause, worker traceback included: there is no `upgrade` to show it.
+            cause = deployment.error or "unknown cause"
             raise HaltServer(f"the first generation failed to boot: {cause}", 3)
 
     def _remember(self: Any, deployment: Deployment) -> None:
@@ -356,15 +365,28 @@ class Deployments:
                     return previous
                 break
             raise LookupError("no previous release to roll back to")
-        for release in reversed(self.store.releases()):
-            if release["version"] == version:
+        kept = self.store.releases()
+        failed = {r["path"]: r["failed"] for r in kept if r["failed"]}
+        for release in reversed(kept):
+            if release["version"] == version and release["path"] not in failed:
                 return release["path"]
         for record in self.recent_deployments(limit=1000):
             for side in ("to", "from"):
                 release = record.get(side) or {}
                 path = release.get("path")
-                if release.get("version") == version and path and Path(path).is_dir():
+                if (
+                    release.get("version") == version
+                    and path
+                    and path not in failed
+                    and Path(path).is_dir()
+                ):
                     return path
+        for path, why in failed.items():
+            if any(r["path"] == path and r["version"] == version for r in kept):
+                raise LookupError(
+                    f"release {version} failed at {why.get('phase')} when last deployed "
+                    f"({why.get('error')}); rollback skips it (use upgrade to try it again)"
+                )
         raise LookupError(f"no kept release has version {version!r}")
 
 

@@ -144,7 +144,7 @@ class ControlRequests:
         current = self.store.current()
         serving = self.serving.release.path if self.serving else None
         listed = []
-        for release in self.store.releases():
+        for release in reversed(self.store.releases()):  # newest first
             listed.append(
                 {
                     **release,

@@ -44,8 +44,12 @@ class Release:
     def load(cls, directory: str | os.PathLike[str]) -> Release:
         """Read and check a release directory, naming exactly what is wrong."""
         root = Path(directory).expanduser()
+        if not root.exists():
+            raise ReleaseError(f"release {str(directory)!r} does not exist")
         if not root.is_dir():
-            raise ReleaseError(f"release {str(directory)!r} is not a directory")
+            raise ReleaseError(
+                f"release {str(directory)!r} is neither a release directory nor an artifact"
+            )
         root = root.resolve()
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():

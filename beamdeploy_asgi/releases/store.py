@@ -20,6 +20,7 @@ from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import DIGEST_FILE, MANIFEST, Release
 
 INSTALLED_FILE = ".installed-at"
+FAILED_FILE = ".failed"  # why the last deployment of this release failed
 
 
 class ReleaseStore:
@@ -33,8 +34,8 @@ class ReleaseStore:
     # -- installed releases ---------------------------------------------
 
     def releases(self) -> list[dict[str, Any]]:
-        """Installed releases, oldest first."""
-        found = []
+        """Installed releases, oldest first, each with `failed` (None or why)."""
+        found: list[dict[str, Any]] = []
         if not self.releases_dir.is_dir():
             return found
         for path in self.releases_dir.iterdir():
@@ -44,7 +45,9 @@ class ReleaseStore:
                 release = Release.load(path)
             except ReleaseError:
                 continue
-            found.append({**release.describe(), "installed_at": _installed_at(path)})
+            found.append(
+                {**release.describe(), "installed_at": _installed_at(path), "failed": _failed(path)}
+            )
         return sorted(found, key=lambda r: r["installed_at"])
 
     def find_by_digest(self, digest: str) -> Path | None:
@@ -59,20 +62,46 @@ class ReleaseStore:
     def prune(self, keep: int, protected: set[str]) -> list[tuple[str, str]]:
         """Take the oldest releases beyond `keep` out of the store, never a protected one.
 
-        Each is renamed to a hidden name at once (so it is gone from the store)
-        and returned as (path, hidden path) for the caller to delete.
+        Releases whose last deployment failed do not take the slots of good
+        ones: the store keeps up to `keep` of each. Each release removed is
+        renamed to a hidden name at once (so it is gone from the store) and
+        returned as (path, hidden path) for the caller to delete.
         """
         releases = self.releases()
-        removable = [r["path"] for r in releases if r["path"] not in protected]
         removed = []
-        for path in removable[: max(len(releases) - keep, 0)]:
-            doomed = Path(path).with_name(f".removing-{Path(path).name}-{os.getpid()}")
-            try:
-                os.rename(path, doomed)
-            except OSError:
-                continue
-            removed.append((path, str(doomed)))
+        for failed in (False, True):
+            group = [r["path"] for r in releases if bool(r["failed"]) is failed]
+            removable = [path for path in group if path not in protected]
+            for path in removable[: max(len(group) - keep, 0)]:
+                doomed = Path(path).with_name(f".removing-{Path(path).name}-{os.getpid()}")
+                try:
+                    os.rename(path, doomed)
+                except OSError:
+                    continue
+                removed.append((path, str(doomed)))
         return removed
+
+    def mark_failed(self, release_path: str, phase: str, error: str) -> None:
+        """Remember that deploying a release of the store failed, and why."""
+        path = self._in_store(release_path)
+        if path is not None:
+            record = {"phase": phase, "error": error.splitlines()[0][:500], "at": time.time()}
+            _write_atomically(path / FAILED_FILE, json.dumps(record))
+
+    def clear_failed(self, release_path: str) -> None:
+        """A release that now served is no longer a failed one."""
+        path = self._in_store(release_path)
+        if path is not None:
+            try:
+                (path / FAILED_FILE).unlink()
+            except FileNotFoundError:
+                pass
+
+    def _in_store(self, release_path: str) -> Path | None:
+        path = Path(os.path.realpath(release_path))
+        if path.parent != Path(os.path.realpath(self.releases_dir)):
+            return None
+        return path
 
     def open_to_group(self, release_path: str, gid: int) -> bool:
         """Let group `gid` (workers running as another user) read a release of the store.
@@ -129,6 +158,20 @@ class ReleaseStore:
             if len(records) >= limit:
                 break
         return records
+
+
+def _failed(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((path / FAILED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
 
 
 def _installed_at(path: Path) -> float:

@@ -52,7 +52,7 @@ def test_control_socket_is_private_and_survives_garbage(serve, releases):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: d / "missing", "is not a directory"),
+        (lambda d: d / "missing", "does not exist"),
         (lambda d: d, "has no beamdeploy-release.json"),
         (lambda d: (d / "beamdeploy-release.json").write_text("{oops") and d, "is not valid JSON"),
         (
@@ -148,3 +148,16 @@ def test_only_uploads_may_be_removed_after_install(serve, releases, tmp_path):
         )
         assert reply["error"]["code"] == "bad_request"
     assert victim.read_bytes() == b"not yours"
+
+
+def test_missing_release_paths_say_they_do_not_exist(serve, releases, tmp_path):
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    missing = tmp_path / "no" / "such" / "file.tar.gz"
+    upgrade = server.cli("upgrade", str(missing))
+    assert upgrade.returncode == 1
+    assert f"release '{missing}' does not exist" in upgrade.stderr, upgrade.stderr
+
+    first = serve("--workers", "1", "--release", str(missing), launch=False)
+    first.start(expect_serving=False)
+    assert first.proc.wait(30) == 1
+    assert f"Error: release '{missing}' does not exist" in first.log()

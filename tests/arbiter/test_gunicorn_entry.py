@@ -95,5 +95,6 @@ def test_first_generation_that_cannot_boot_stops_the_arbiter(serve, tmp_path: Pa
     server.start(expect_serving=False)
     assert server.proc.wait(30) == 3
     log = server.log()
-    assert "the first generation failed to boot" in log
-    assert "ImportError: no such dependency" in log
+    reason = log[log.index("Reason: the first generation failed to boot") :]
+    assert "ImportError: no such dependency" in reason
+    assert 'broken.py", line 1, in <module>' in reason, "the arbiter shows the traceback"

@@ -57,3 +57,12 @@ class Artifacts:
             project = write_project(self.root / "src", version)
             self.built[version] = build(project, self.root / "dist", progress=lambda _: None)
         return self.built[version]
+
+    def broken(self, version: str) -> Path:
+        """An artifact whose app raises at import time."""
+        if version not in self.built:
+            project = write_project(self.root / "src", version)
+            app = project / "sample" / "app.py"
+            app.write_text(app.read_text() + '\nraise RuntimeError("broken at import")\n')
+            self.built[version] = build(project, self.root / "dist", progress=lambda _: None)
+        return self.built[version]
