@@ -58,6 +58,11 @@ def check_upgrade_serves_the_release(server, artifact: Path, version: str) -> No
         assert app_file.name == "app.py" and app_file.parent.name == "sample"
         assert worker["artifact_sha256"] == sha256(artifact)
     assert release["artifact_sha256"] == sha256(artifact)
+    shown = server.cli("status", "-v")
+    assert shown.returncode == 0, shown.stderr
+    for worker in status["serving"]["workers"]:
+        assert worker["app_file"] in shown.stdout
+    assert sha256(artifact) in shown.stdout
 
 
 def test_checkout_in_the_working_directory_does_not_shadow_a_release(serve, artifacts, offline):
