@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,6 +27,14 @@ except ModuleNotFoundError:  # Python 3.10
 
 from beamdeploy_asgi import __version__
 from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.releases.collect import (
+    check_offline_install,
+    describe_pip,
+    find_uv,
+    pip_wheel,
+    refuse_non_wheels,
+    run,
+)
 from beamdeploy_asgi.releases.manifest import (
     SAFE_NAME,
     ArtifactManifest,
@@ -35,6 +42,12 @@ from beamdeploy_asgi.releases.manifest import (
     this_python,
 )
 from beamdeploy_asgi.releases.release import MANIFEST, check_app_spec
+from beamdeploy_asgi.releases.requirements import (
+    Requirement,
+    refuse_direct_references,
+    requirements_file,
+    wheel_requirements,
+)
 
 Progress = Callable[[str], None]
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -68,30 +81,40 @@ def build(
         raise ReleaseError(f"{project_dir} is not a directory")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="beamdeploy-build-") as tmp:
-        staging = Path(tmp) / "release"
+        scratch = Path(tmp)
+        staging = scratch / "release"
         wheels = staging / "wheels"
         wheels.mkdir(parents=True)
-        if (project / "pyproject.toml").is_file():
+        own = scratch / "own-wheels"  # built here from source, then collected with the rest
+        own.mkdir()
+        packaged = (project / "pyproject.toml").is_file()
+        if packaged:
             meta = _pyproject(project, app, name, version)
             pythonpath: list[str] = []
+            refuse_direct_references(_declared_requirements(project))
             progress(f"building the wheel of {meta['name']} {meta['version']}")
-            _pip_wheel(wheels, ["--no-deps", str(project)])
-            requirements = _locked_requirements(project, Path(tmp), progress)
-            wanted = ["-r", str(requirements)] if requirements else [str(project)]
+            wanted = [_build_own_wheel(project, own, f"building the wheel of {meta['name']}")]
+            requirements = _locked_requirements(project, scratch, progress)
             source = requirements.name if requirements else "the project's metadata"
+            found = wheel_requirements(Path(wanted[0]))
         else:
             meta = _unpackaged(project, app, name, version)
             pythonpath = ["app"]
             progress(f"copying the app source of {meta['name']} {meta['version']}")
             shutil.copytree(project, staging / "app", ignore=SKIPPED)
             requirements = project / "requirements.txt"
-            wanted, source = ["-r", str(requirements)], "requirements.txt"
+            wanted, source, found = [], "requirements.txt", []
+        if requirements is not None:
+            wanted = ["-r", str(requirements), *wanted]
+            found += requirements_file(requirements, project if packaged else None)
+        refuse_direct_references(found)
         if not _mentions_beamdeploy(project, requirements):
             # Resolved together with the app's requirements, so versions agree.
             progress(f"bundling beamdeploy-asgi {__version__} (the worker side)")
-            wanted.append(_beamdeploy_requirement())
-        progress(f"collecting dependency wheels from {source}")
-        _pip_wheel(wheels, wanted)
+            wanted.append(_beamdeploy_requirement(own))
+        progress(f"collecting dependency wheels from {source} with {describe_pip()}")
+        pip_wheel(wheels, wanted, binary_only=True, what="collecting the dependency wheels")
+        _check_collected(wheels, scratch, progress)
         progress("writing the manifest with the checksum of every file")
         manifest = ArtifactManifest(
             name=meta["name"],
@@ -157,15 +180,22 @@ def _checked(meta: dict, project: Path, *where: str) -> dict:
     return meta
 
 
+def _declared_requirements(project: Path) -> list[Requirement]:
+    """[project] dependencies as written, checked before a build backend sees them."""
+    table = tomllib.loads((project / "pyproject.toml").read_text()).get("project", {})
+    origin = "pyproject.toml [project] dependencies"
+    return [Requirement(str(text), origin) for text in table.get("dependencies", [])]
+
+
 def _locked_requirements(project: Path, tmp: Path, progress: Progress) -> Path | None:
     """uv.lock (exported), else requirements.txt, else None (resolve from metadata)."""
     if (project / "uv.lock").is_file():
-        uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+        uv = find_uv()
         if uv is None:
             raise ReleaseError(f"{project} has uv.lock; install uv to honour it")
         exported = tmp / "uv-lock-requirements.txt"
         progress("exporting uv.lock")
-        _run(
+        run(
             [
                 uv,
                 "export",
@@ -176,6 +206,7 @@ def _locked_requirements(project: Path, tmp: Path, progress: Progress) -> Path |
                 "-o",
                 str(exported),
             ],
+            "exporting uv.lock",
             cwd=project,
         )
         return exported
@@ -184,20 +215,31 @@ def _locked_requirements(project: Path, tmp: Path, progress: Progress) -> Path |
     return None
 
 
-def _pip_wheel(wheels: Path, args: list[str]) -> None:
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--wheel-dir",
-            str(wheels),
-            *args,
-        ]
-    )
+def _build_own_wheel(source: Path, own: Path, what: str) -> str:
+    """The wheel of a source tree (the project, or beamdeploy-asgi), for this Python.
+
+    uv builds it when it is there (its cached build environments make this
+    seconds faster than pip's).
+    """
+    out = own / str(len(list(own.iterdir())))
+    uv = find_uv()
+    if uv is not None:
+        command = [uv, "build", "--wheel", "--python", sys.executable, "--out-dir", str(out)]
+        run([*command, str(source)], what)
+    else:
+        pip_wheel(out, ["--no-deps", str(source)], binary_only=False, what=what)
+    (wheel,) = out.glob("*.whl")
+    return str(wheel)
+
+
+def _check_collected(wheels: Path, scratch: Path, progress: Progress) -> None:
+    """Refuse what the host could not install: non-wheels, direct references, conflicts."""
+    refuse_non_wheels(wheels)
+    found = [r for wheel in sorted(wheels.glob("*.whl")) for r in wheel_requirements(wheel)]
+    refuse_direct_references(found)
+    tool = "uv" if find_uv() else "pip"
+    progress(f"checking with {tool} that the wheels install offline, as on the host")
+    check_offline_install(wheels, scratch)
 
 
 def _mentions_beamdeploy(project: Path, requirements: Path | None) -> bool:
@@ -215,20 +257,13 @@ def _requirement_name(line: str) -> str | None:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else None
 
 
-def _beamdeploy_requirement() -> str:
-    """This beamdeploy-asgi: its source tree when it runs from one, else the index."""
+def _beamdeploy_requirement(own: Path) -> str:
+    """This beamdeploy-asgi: a wheel of its source tree when it runs from one, else the index."""
     source = Path(__file__).resolve().parents[2]
     pyproject = source / "pyproject.toml"
     if pyproject.is_file() and 'name = "beamdeploy-asgi"' in pyproject.read_text():
-        return str(source)
+        return _build_own_wheel(source, own, "building the wheel of beamdeploy-asgi")
     return f"beamdeploy-asgi=={__version__}"
-
-
-def _run(command: list[str], cwd: Path | None = None) -> None:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-        raise ReleaseError(f"{' '.join(command[:4])} ... failed:\n" + "\n".join(detail))
 
 
 def _platform(wheels: Path) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.build import sha256_file
+from beamdeploy_asgi.releases.collect import explanation
 from beamdeploy_asgi.releases.manifest import ArtifactManifest, this_platform
 from beamdeploy_asgi.releases.release import MANIFEST, Release
 from beamdeploy_asgi.releases.store import ReleaseStore, mark_installed
@@ -181,10 +182,15 @@ def _build_venv(root: Path, python: str, manifest: ArtifactManifest, tool: str) 
 
 
 def _run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in order: pip explains on stdout, uv on stderr
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-10:]
-        raise ReleaseError("the offline install failed:\n" + "\n".join(tail))
+        raise ReleaseError("the offline install failed:\n" + explanation(command, done))
 
 
 def main() -> None:
