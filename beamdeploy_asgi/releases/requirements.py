@@ -34,7 +34,8 @@ def is_direct_reference(text: str) -> bool:
     """`name @ url`, a VCS or other URL, or a local path or archive instead of a version."""
     spec = text.split(";", 1)[0].strip()
     return bool(
-        NAMED_URL.match(spec)
+        spec.startswith("-e ")  # an editable: always a local path or a VCS URL
+        or NAMED_URL.match(spec)
         or URL.search(spec)
         or spec.startswith((".", "/", "~"))
         or spec.lower().endswith(ARCHIVES)
