@@ -9,14 +9,13 @@ following a deployment) and then exactly one ``{"result": {...}}`` or
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from beamdeploy_asgi.errors import ControlError
-from beamdeploy_asgi.lines import MAX_LINE, LineBuffer, LineTooLong, encode, parse_object
+from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object
 
 SOCKET_NAME = "control.sock"
 
@@ -91,50 +90,6 @@ class ControlClient:
                     yield _reply(line)
         finally:
             sock.close()
-
-
-class AsyncControlClient:
-    """The same protocol from inside an event loop (the admin API uses it)."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        async for reply in self.stream(message):
-            if "result" in reply:
-                return reply["result"]
-        raise ControlError("disconnected", "the arbiter closed the control connection early")
-
-    async def stream(self, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield ``{"event": ...}`` replies, then the final result; raise on an error."""
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path, limit=MAX_LINE), self.timeout
-            )
-        except (FileNotFoundError, ConnectionRefusedError, asyncio.TimeoutError):
-            raise ControlError(
-                "not_running", f"no beamdeploy arbiter answers on {self.path}"
-            ) from None
-        try:
-            writer.write(encode(message))
-            await writer.drain()
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # asyncio's LimitOverrunError
-                    raise ControlError("protocol", "the arbiter sent an oversized line") from None
-                if not line:
-                    raise ControlError("disconnected", "the arbiter closed the connection early")
-                reply = _reply(line)
-                if "error" in reply:
-                    error = reply["error"]
-                    raise ControlError(error.get("code", "error"), error.get("detail", "error"))
-                yield reply
-                if "result" in reply:
-                    return
-        finally:
-            writer.close()
 
 
 def _reply(line: bytes) -> dict[str, Any]:

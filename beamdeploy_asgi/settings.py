@@ -218,12 +218,31 @@ def _directories(value: Any) -> list[str]:
     return [os.path.abspath(os.path.expanduser(str(item))) for item in value or []]
 
 
-def _optional_string(value: Any) -> str | None:
+class Secret:
+    """A setting's value that never shows itself in logs or ``--print-config``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'********'"
+
+    __str__ = __repr__
+
+
+def _optional_secret(value: Any) -> Secret | None:
+    if isinstance(value, Secret):
+        return value
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise TypeError("must be a string")
-    return value
+    return Secret(value)
 
 
 class AdminPrefix(gconfig.Setting):
@@ -244,7 +263,7 @@ class AdminPrefix(gconfig.Setting):
 class AdminToken(gconfig.Setting):
     name = "admin_token"
     section = SECTION
-    validator = _optional_string
+    validator = _optional_secret
     default = None
     desc = """\
         Bearer token of the admin API (config file only; or ``$BEAMDEPLOY_TOKEN``).
@@ -292,8 +311,27 @@ class MaxUploadSize(gconfig.Setting):
         """
 
 
+TOKEN_ENV = "BEAMDEPLOY_TOKEN"
+MIN_TOKEN_LENGTH = 16
+
+
 def admin_token(cfg: Any) -> str | None:
-    return cfg.admin_token or os.environ.get("BEAMDEPLOY_TOKEN") or None
+    """The admin token: the config file's, else ``$BEAMDEPLOY_TOKEN``; only the arbiter reads it."""
+    configured = cfg.admin_token
+    if isinstance(configured, Secret):
+        return configured.reveal()
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def token_problem(token: str | None) -> str | None:
+    """Why `token` cannot guard the admin API, or None."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        return (
+            f"the admin token has {len(token)} characters; it needs at least "
+            f"{MIN_TOKEN_LENGTH} (make one with: python -c "
+            "'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return None
 
 
 class KeepReleases(gconfig.Setting):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from beamdeploy_asgi.admin.errors import AdminError, error_response
-from beamdeploy_asgi.admin.gate import AdminGate
+from beamdeploy_asgi.admin.gate import AdminGate, presented_token
 from beamdeploy_asgi.admin.openapi import openapi_schema
 from beamdeploy_asgi.admin.uploads import ARTIFACT_TYPES, receive_upload, uploads_dir
-from beamdeploy_asgi.control import AsyncControlClient
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.worker import runtime as worker_runtime
 
@@ -71,13 +69,16 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, "error", str(exc.detail), headers=exc.headers)
 
 
-def _client() -> AsyncControlClient:
-    return AsyncControlClient(os.environ["BEAMDEPLOY_CONTROL"])
+def _arbiter() -> Any:
+    runtime = worker_runtime.current()
+    assert runtime is not None  # the gate answered 503 otherwise
+    return runtime.requests
 
 
-async def _ask(message: dict[str, Any]) -> dict[str, Any]:
+async def _ask(request: Request, message: dict[str, Any]) -> dict[str, Any]:
+    """Forward `message` with the request's token; the arbiter checks it again."""
     try:
-        return await _client().request(message)
+        return await _arbiter().request(message, presented_token(request.scope))
     except ControlError as exc:
         raise AdminError.from_control(exc) from None
 
@@ -93,30 +94,30 @@ async def health(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(await _ask({"op": "status"}))
+    return JSONResponse(await _ask(request, {"op": "status"}))
 
 
 async def deployments(request: Request) -> Response:
-    return JSONResponse(await _ask({"op": "deployments"}))
+    return JSONResponse(await _ask(request, {"op": "deployments"}))
 
 
 async def deployment(request: Request) -> Response:
-    return JSONResponse(await _ask({"op": "deployment", "id": request.path_params["id"]}))
+    return JSONResponse(await _ask(request, {"op": "deployment", "id": request.path_params["id"]}))
 
 
 async def deployment_events(request: Request) -> Response:
     deployment_id = request.path_params["id"]
-    await _ask({"op": "deployment", "id": deployment_id})  # 404 before the stream starts
+    await _ask(request, {"op": "deployment", "id": deployment_id})  # 404 before the stream
     return StreamingResponse(
-        _server_sent_events({"op": "deployment", "id": deployment_id, "follow": True}),
+        _server_sent_events(request, {"op": "deployment", "id": deployment_id, "follow": True}),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
     )
 
 
-async def _server_sent_events(message: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _server_sent_events(request: Request, message: dict[str, Any]) -> AsyncIterator[bytes]:
     try:
-        async for reply in _client().stream(message):
+        async for reply in _arbiter().stream(message, presented_token(request.scope)):
             if "event" in reply:
                 event = reply["event"]
                 yield _sse(event["phase"], event)
@@ -177,10 +178,10 @@ async def rollback(request: Request) -> Response:
 async def _deploy(request: Request, message: dict[str, Any], wait: bool) -> Response:
     """202 with Location at once, or with wait the outcome: 200, or 422 with the cause."""
     if not wait:
-        started = await _ask(message)
+        started = await _ask(request, message)
         location = f"{request.scope.get('root_path', '')}/deployments/{started['id']}"
         return JSONResponse(started, 202, headers={"Location": location})
-    outcome = await _ask(message)
+    outcome = await _ask(request, message)
     if outcome["outcome"] != "succeeded":
         return error_response(
             422, "deployment_failed", outcome["error"] or "deployment failed", deployment=outcome

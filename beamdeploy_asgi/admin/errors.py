@@ -24,6 +24,7 @@ STATUS_CODES = {
 # What the arbiter's refusals mean over HTTP.
 CONTROL_STATUS = {
     "bad_request": 400,
+    "unauthorized": 401,
     "not_found": 404,
     "upgrade_in_progress": 409,
     "invalid_release": 422,
@@ -32,6 +33,7 @@ CONTROL_STATUS = {
     "not_running": 503,
     "disconnected": 503,
     "timeout": 504,
+    "protocol": 502,
 }
 
 

@@ -2,26 +2,32 @@
 
 Without a token configured, every route but /health answers 404: the admin
 API is remote code execution by design, so it does not exist until someone
-chose a secret for it.
+chose a secret for it. The token is the arbiter's alone: the gate passes on
+the one the client sent, and the arbiter says whether it is right.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 from typing import Any
 
 from beamdeploy_asgi.admin.errors import error_response
-from beamdeploy_asgi.settings import admin_token
+from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.worker import runtime as worker_runtime
 
 PUBLIC = "/health"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="beamdeploy"'}
+TOKEN_SCOPE_KEY = "beamdeploy.token"  # the checked token, for the endpoints to pass on
 
 
 def route_path(scope: dict[str, Any]) -> str:
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
+
+
+def presented_token(scope: dict[str, Any]) -> str | None:
+    """The checked token of a request the gate let in."""
+    return scope.get(TOKEN_SCOPE_KEY)
 
 
 class AdminGate:
@@ -32,53 +38,70 @@ class AdminGate:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        refusal = self.refusal(scope)
+        refusal, token = await self.check(scope)
         if refusal is None:
-            await self.app(scope, receive, send)
+            await self.app({**scope, TOKEN_SCOPE_KEY: token}, receive, send)
         elif scope["type"] == "http":
             await refusal(scope, receive, send)
         else:
             await send({"type": "websocket.close", "code": 1008})
 
-    def refusal(self, scope: dict[str, Any]) -> Any:
+    async def check(self, scope: dict[str, Any]) -> tuple[Any, str | None]:
+        """(refusal response or None, the token to pass on)."""
         runtime = worker_runtime.current()
         if runtime is None:
-            return error_response(
-                503,
-                "not_enabled",
-                "this app is not running under beamdeploy, so there is nothing to deploy",
+            return (
+                error_response(
+                    503,
+                    "not_enabled",
+                    "this app is not running under beamdeploy, so there is nothing to deploy",
+                ),
+                None,
             )
         path = route_path(scope)
         if path == PUBLIC:
-            return None
-        cfg = runtime.cfg
-        token = admin_token(cfg)
-        if token is None:
-            return error_response(404, "not_found", "no such route")
+            return None, None
+        if not runtime.admin_enabled:
+            return error_response(404, "not_found", "no such route"), None
         client = (scope.get("client") or ("", 0))[0]
+        cfg = runtime.cfg
         if cfg.admin_allow and not _allowed(client, cfg.admin_allow):
             runtime.log.warning(
                 "admin: refused %s %s from %s (address)", scope.get("method"), path, client
             )
-            return error_response(
-                403, "address_not_allowed", f"address {client} may not use the admin API"
+            return (
+                error_response(
+                    403, "address_not_allowed", f"address {client} may not use the admin API"
+                ),
+                None,
             )
         given = _bearer(scope)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            why = "no token" if given is None else "wrong token"
-            runtime.log.warning(
-                "admin: refused %s %s from %s (%s)", scope.get("method"), path, client, why
-            )
-            return error_response(
+        why = "no token"
+        if given is not None:
+            try:
+                await runtime.requests.request({"op": "auth"}, given)
+            except ControlError as exc:
+                if exc.code != "unauthorized":
+                    return error_response(503, "unavailable", exc.detail), None
+                why = "wrong token"
+            else:
+                return None, given
+        runtime.log.warning(
+            "admin: refused %s %s from %s (%s)", scope.get("method"), path, client, why
+        )
+        return (
+            error_response(
                 401,
                 "unauthorized",
                 "send the admin token as 'Authorization: Bearer <token>'",
                 headers=CHALLENGE,
-            )
-        return None
+            ),
+            None,
+        )
 
 
 def _bearer(scope: dict[str, Any]) -> str | None:
+    """The bearer token as latin-1 text: exactly the header's bytes, for the arbiter."""
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")

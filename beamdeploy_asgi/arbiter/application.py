@@ -23,7 +23,7 @@ from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.help_text import readable_parser
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
-from beamdeploy_asgi.settings import state_dir
+from beamdeploy_asgi.settings import admin_token, state_dir, token_problem
 
 WORKER_CLASS = "beamdeploy_asgi.Worker"
 WORKER_CLASS_NAMES = {
@@ -179,6 +179,10 @@ class BeamApplication(Application):
         if refusals:
             for reason in refusals:
                 print(f"Error: unsupported option {reason}", file=sys.stderr)
+            sys.exit(1)
+        problem = token_problem(admin_token(self.cfg))
+        if problem:
+            print(f"Error: {problem}", file=sys.stderr)
             sys.exit(1)
         try:
             self.release = release = self.first_release()

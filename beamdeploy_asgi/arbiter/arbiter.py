@@ -46,12 +46,13 @@ from beamdeploy_asgi.arbiter.listeners import (
 from beamdeploy_asgi.arbiter.requests import ControlRequests
 from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
 from beamdeploy_asgi.arbiter.tasks import Task
+from beamdeploy_asgi.arbiter.worker_requests import WorkerConnection, parse_request, token_matches
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.lines import LineTooLong, parse_object
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
-from beamdeploy_asgi.settings import state_dir
+from beamdeploy_asgi.settings import TOKEN_ENV, admin_token, state_dir
 
 STOP_TIMEOUT = 5.0  # a worker told to stop before it served gets this long
 ABORT_GRACE = 2.0  # a worker sent SIGABRT for a missed heartbeat gets this long to exit
@@ -88,6 +89,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         self.tasks: dict[int, Task] = {}
         self.previous_release: str | None = None
         self._wakeup_r = self._wakeup_w = -1
+        # Read once and kept here alone: no child process inherits it.
+        self.admin_token = admin_token(self.cfg)
+        os.environ.pop(TOKEN_ENV, None)
 
     # -- start and stop -------------------------------------------------
 
@@ -136,10 +140,12 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                     1,
                 )
             os.chown(self.store.uploads_dir, owner, -1)
-            os.chmod(self.state_dir, 0o711)  # workers reach their socket and uploads only
+            os.chmod(self.state_dir, 0o711)  # workers reach their uploads dir only
         try:
+            # The arbiter's user's alone: workers forward admin requests over
+            # their own channel, where the arbiter checks the token.
             self.control = ControlServer(
-                self.control_path, self.selector, self.handle_control, owner, self.log
+                self.control_path, self.selector, self.handle_control, self.log
             )
         except OSError as exc:
             raise HaltServer(f"cannot listen on {self.control_path}: {exc}", 1) from None
@@ -240,7 +246,10 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             if target is None:
                 self._drain_wakeup_pipe()
             elif isinstance(target, WorkerProcess):
-                self.read_worker(target)
+                if mask & selectors.EVENT_WRITE:
+                    target.flush()
+                if mask & selectors.EVENT_READ:
+                    self.read_worker(target)
             elif isinstance(target, Task):
                 target.on_readable()
             elif isinstance(target, ControlConnection):
@@ -332,6 +341,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 cwd=self.app.launch_cwd,
                 listeners=self.LISTENERS,
                 control_path=self.control_path,
+                admin=self.admin_token is not None,
             )
         except OSError as exc:
             problem = owner_problem(exc, self.cfg, generation.release.python, self.app.launch_cwd)
@@ -343,6 +353,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             return None
         generation.workers[worker.pid] = worker
         self.selector.register(worker.channel, selectors.EVENT_READ, worker)
+        worker.selector = self.selector
         self.log.info("%s: started worker %s", generation, worker.pid)
         return worker
 
@@ -416,6 +427,8 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 self._begin_drain(worker, signal_it=False)
             worker.stopped_accepting = True
             self.deployment_progress()
+        elif event == "admin":
+            self.worker_request(worker, message)
         elif event == "failed":
             cause = str(message.get("error") or "worker failed")
             worker.failure = cause
@@ -432,6 +445,30 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             worker.state = WorkerState.STOPPING
             worker.deadline = time.monotonic() + STOP_TIMEOUT
             self.worker_failed(generation, worker, worker.failure)
+
+    def worker_request(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        """An admin request a worker forwards; acted on only with the right token."""
+        parsed = parse_request(message)
+        if parsed is None:
+            self.reject_worker(worker, f"worker {worker.pid} forwarded a malformed admin request")
+            return
+        request_id, request = parsed
+        conn = WorkerConnection(worker, request_id)
+        if self.admin_token is None:
+            conn.fail("not_found", "the admin API is off: no admin token is set")
+        elif not token_matches(message.get("token"), self.admin_token):
+            self.log.warning(
+                "admin: refused %r forwarded by worker %s (wrong token)", request["op"], worker.pid
+            )
+            conn.fail("unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
+        elif request["op"] == "auth":
+            conn.reply({"ok": True})
+        else:
+            try:
+                self.handle_control(request, conn)
+            except Exception:
+                self.log.exception("admin request %r failed", request["op"])
+                conn.fail("internal_error", "the arbiter failed to handle this request")
 
     def worker_failed(
         self, generation: Generation, worker: WorkerProcess | None, cause: str

@@ -107,7 +107,6 @@ class ControlServer:
         path: str,
         selector: selectors.BaseSelector,
         handler: Handler,
-        owner: int | None,
         log: Any,
     ) -> None:
         self.path = path
@@ -122,8 +121,6 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
-        if owner is not None:
-            os.chown(path, owner, -1)
         self.sock.listen(64)
         self.sock.setblocking(False)
         selector.register(self.sock, selectors.EVENT_READ, self)

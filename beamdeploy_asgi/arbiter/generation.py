@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import selectors
 import socket
 import subprocess
 import time
@@ -13,6 +14,8 @@ from gunicorn.workers.workertmp import WorkerTmp
 
 from beamdeploy_asgi.lines import LineBuffer, encode
 from beamdeploy_asgi.releases.release import Release
+
+MAX_OUTBOX = 8 * 1024 * 1024  # replies queued for a worker that does not read
 
 
 class GenerationState(str, enum.Enum):
@@ -49,17 +52,42 @@ class WorkerProcess:
     failure: str | None = None
     app_file: str | None = None
     reader: LineBuffer = field(default_factory=LineBuffer)
+    outbox: bytearray = field(default_factory=bytearray)
+    selector: selectors.BaseSelector | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def send(self, message: dict[str, Any]) -> bool:
-        try:
-            self.channel.sendall(encode(message))
-        except OSError:
+        """Queue `message` and write what the socket takes now; False if dropped.
+
+        The channel is non-blocking: a worker that does not read gets at most
+        MAX_OUTBOX bytes queued, never a stalled arbiter.
+        """
+        data = encode(message)
+        if self.channel.fileno() < 0 or len(self.outbox) + len(data) > MAX_OUTBOX:
             return False
+        self.outbox += data
+        self.flush()
         return True
+
+    def flush(self) -> None:
+        while self.outbox:
+            try:
+                sent = self.channel.send(self.outbox)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.outbox.clear()
+                break
+            del self.outbox[:sent]
+        if self.selector is not None:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+            try:
+                self.selector.modify(self.channel, events, self)
+            except (KeyError, ValueError):
+                self.outbox.clear()  # no longer watched: the worker is gone or rejected
 
     def served_for(self) -> float:
         if self.serving_since is None:

@@ -42,6 +42,7 @@ def spawn_worker(
     cwd: str,
     listeners: list[socket.socket],
     control_path: str,
+    admin: bool,
 ) -> WorkerProcess:
     release = generation.release
     heartbeat = WorkerTmp(cfg)
@@ -59,6 +60,7 @@ def spawn_worker(
             "listeners": [sock.fileno() for sock in listeners],
             "heartbeat_fd": heartbeat.fileno(),
             "channel_fd": theirs.fileno(),
+            "admin": admin,  # whether a token is set; the token itself stays here
         }
         env = dict(os.environ)
         if release.path is not None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from typing import Any
 
+from beamdeploy_asgi.settings import TOKEN_ENV, Secret
+from beamdeploy_asgi.worker.arbiter_requests import ArbiterRequests
 from beamdeploy_asgi.worker.channel import Channel
 
 _current: WorkerRuntime | None = None
@@ -42,6 +45,8 @@ class WorkerRuntime:
         self.heartbeat_task: asyncio.Task[None] | None = None
         self.boot_deadline = 0.0
         self.app_file: str | None = None
+        self.admin_enabled = bool(spec.get("admin"))  # a token is set (in the arbiter)
+        self.requests = ArbiterRequests(channel)
 
     def load_config(self) -> None:
         from beamdeploy_asgi import __version__
@@ -49,6 +54,7 @@ class WorkerRuntime:
 
         application = BeamApplication(self.spec["argv"], lenient=True)
         self.cfg = application.cfg
+        forget_token(self.cfg)
         self.log = self.cfg.logger_class(self.cfg)
         if application.ignored_options:
             self.log.warning(
@@ -92,3 +98,21 @@ class WorkerRuntime:
                 await asyncio.sleep(interval)
 
         self.heartbeat_task = asyncio.ensure_future(beat())
+
+
+def forget_token(cfg: Any) -> None:
+    """Drop the admin token this worker read from the config file, wherever it is kept.
+
+    Only the arbiter checks tokens; app code must find none in this process.
+    """
+    os.environ.pop(TOKEN_ENV, None)
+    secret = cfg.settings["admin_token"].value
+    cfg.settings["admin_token"].value = None
+    if isinstance(secret, Secret):
+        token = secret.reveal()
+        for module in list(sys.modules.values()):  # the config file's namespace among them
+            namespace = getattr(module, "__dict__", None)
+            if isinstance(namespace, dict) and namespace.get("admin_token") == token:
+                del namespace["admin_token"]
+    kept = [item for item in cfg.raw_env if not item.startswith(f"{TOKEN_ENV}=")]
+    cfg.settings["raw_env"].value = kept

@@ -87,9 +87,12 @@ class WorkerServer(uvicorn.Server):
     def on_command(self, command: dict[str, Any]) -> None:
         if command.get("cmd") == "serve":
             self.serve_ordered.set()
+        elif command.get("cmd") == "admin":
+            self.runtime.requests.on_reply(command)
 
     def on_arbiter_lost(self) -> None:
         self.runtime.log.error("the arbiter is gone; draining and exiting")
+        self.runtime.requests.on_lost()
         self.request_drain()
 
     # -- boot --------------------------------------------------------------

@@ -84,12 +84,28 @@ def test_workers_run_as_the_configured_user(shared_dir, artifacts):
         state = server.state_dir
         assert stat.S_IMODE(state.stat().st_mode) == 0o711
         sock = (state / "control.sock").stat()
-        assert stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == nobody[0]
+        assert stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == 0, "the arbiter's alone"
         uploads = (state / "uploads").stat()
         assert stat.S_IMODE(uploads.st_mode) == 0o700 and uploads.st_uid == nobody[0]
+        for pid in server.serving_pids():
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert TOKEN.encode() not in environ and b"BEAMDEPLOY_TOKEN" not in environ
 
-        # The worker writes the upload as nobody and asks the arbiter, over the
-        # control socket, to install and deploy it.
+        # The app's user cannot deploy through the control socket, token or not.
+        connect = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n"
+            's.sendall(b\'{"op": "upgrade", "release": "/x"}\\n\')\n'
+        )
+        as_nobody = subprocess.run(
+            [python_nobody_can_run(), "-c", connect, str(state / "control.sock")],
+            user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[], cwd="/", timeout=60,
+        )  # fmt: skip
+        assert as_nobody.returncode == 13, "nobody may not even connect"
+
+        # The worker writes the upload as nobody and forwards the request, with
+        # the client's token, to the arbiter, which checks it.
         answer = httpx.post(
             server.url + "/_deploy/upgrade?wait=true",
             content=artifacts["1.1.0"].read_bytes(),
