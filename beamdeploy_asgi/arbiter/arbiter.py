@@ -16,6 +16,7 @@ import os
 import queue
 import selectors
 import signal
+import stat
 import sys
 import time
 import types
@@ -116,8 +117,64 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         self._open_control()
         self.cfg.when_ready(self)
 
-    def _open_control(self) -> None:
+    def _prepare_state_dir(self) -> None:
+        """Create STATE_DIR, or take it back to the modes it must have."""
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        info = os.stat(self.state_dir)
+        if info.st_uid != os.geteuid():
+            raise HaltServer(
+                f"the state dir {self.state_dir} belongs to uid {info.st_uid}; it must "
+                f"belong to the arbiter's user (uid {os.geteuid()})",
+                1,
+            )
+        workers_elsewhere = self.cfg.uid != os.geteuid()
+        wanted = {
+            self.state_dir: 0o711 if workers_elsewhere else 0o700,  # workers reach uploads only
+            str(self.store.releases_dir): 0o711 if workers_elsewhere else 0o700,
+            str(self.store.history_file): 0o600,
+        }
+        for path, mode in wanted.items():
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(current.st_mode) or current.st_uid != os.geteuid():
+                raise HaltServer(f"{path} must be the arbiter user's own, not a link", 1)
+            if stat.S_IMODE(current.st_mode) != mode:
+                self.log.warning(
+                    "%s was mode %o; tightened to %o", path, stat.S_IMODE(current.st_mode), mode
+                )
+                os.chmod(path, mode)
+
+    def _clear_stale_uploads(self) -> None:
+        """Uploads left by a previous run: nothing installs them any more."""
+        try:
+            entries = list(os.scandir(self.store.uploads_dir))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                self.log.info("removing stale upload %s", entry.path)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+    def _close_interrupted(self) -> None:
+        """Deployments a previous arbiter started and never ended are marked so."""
+        for record in self.past:
+            if record.get("outcome") is not None:
+                continue
+            record.update(
+                outcome="interrupted",
+                error="the arbiter stopped before this deployment ended",
+            )
+            self.log.warning("deployment %s was interrupted by the arbiter's end", record["id"])
+            try:
+                self.store.append_history(record)
+            except OSError as exc:
+                self.log.error("cannot write %s: %s", self.store.history_file, exc)
+
+    def _open_control(self) -> None:
+        self._prepare_state_dir()
         if os.path.exists(self.control_path):
             try:
                 ControlClient(self.control_path, timeout=2).request({"op": "ping"})
@@ -132,15 +189,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         owner = self.cfg.uid if self.cfg.uid != os.geteuid() else None
         # Workers write uploaded artifacts here, as their own user.
         os.makedirs(self.store.uploads_dir, mode=0o700, exist_ok=True)
+        self._clear_stale_uploads()
         if owner is not None:
-            if os.stat(self.state_dir).st_uid != os.geteuid():
-                raise HaltServer(
-                    f"the state dir {self.state_dir} must belong to the arbiter's user "
-                    f"(uid {os.geteuid()}), not to anyone the workers could run as",
-                    1,
-                )
             os.chown(self.store.uploads_dir, owner, -1)
-            os.chmod(self.state_dir, 0o711)  # workers reach their uploads dir only
         try:
             # The arbiter's user's alone: workers forward admin requests over
             # their own channel, where the arbiter checks the token.
@@ -150,6 +201,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         except OSError as exc:
             raise HaltServer(f"cannot listen on {self.control_path}: {exc}", 1) from None
         self.log.info("Control socket: %s", self.control_path)
+        self._close_interrupted()
 
     def run(self) -> None:
         try:

@@ -54,6 +54,7 @@ class Deployments:
         )
         self.deployment = deployment
         self.deployments.append(deployment)
+        self._remember(deployment)  # so an arbiter that dies now still leaves a trace
         self.log.info("deployment %s (%s): %s", deployment.id, kind, release or artifact)
         if artifact is not None:
             self._install(deployment, artifact, remove_after)

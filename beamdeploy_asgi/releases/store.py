@@ -3,7 +3,7 @@
 STATE_DIR/
     control.sock        the arbiter's control socket
     current             symlink to the release the service runs
-    history.jsonl       one line per finished deployment
+    history.jsonl       deployments, a line when each starts and when it ends
     releases/NAME-VERSION/   installed releases (manifest, venv)
     uploads/            artifacts received over HTTP, until installed
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from beamdeploy_asgi.errors import ReleaseError
+from beamdeploy_asgi.releases.history import History
 from beamdeploy_asgi.releases.release import DIGEST_FILE, MANIFEST, Release
 
 INSTALLED_FILE = ".installed-at"
@@ -138,26 +139,11 @@ class ReleaseStore:
     # -- history --------------------------------------------------------------
 
     def append_history(self, record: dict[str, Any]) -> None:
-        with open(self.history_file, "a", encoding="utf-8") as history:
-            history.write(json.dumps(record) + "\n")
-            history.flush()
-            os.fsync(history.fileno())
+        History(self.history_file).append(record)
 
     def history(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The last `limit` deployments, newest first; a torn last line is skipped."""
-        try:
-            lines = self.history_file.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        records = []
-        for line in reversed(lines):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-            if len(records) >= limit:
-                break
-        return records
+        """The last `limit` deployments, newest first."""
+        return History(self.history_file).records(limit)
 
 
 def _failed(path: Path) -> dict[str, Any] | None:

@@ -217,7 +217,7 @@ def test_release_python_builds_the_venv_and_is_checked(serve, artifacts, release
 
 
 def test_failed_releases_are_marked_skipped_by_rollback_and_take_no_slot(serve, artifacts, offline):
-    good1, good2, bad = artifacts["1.0.0"], artifacts["1.1.0"], artifacts.broken("1.2.0")
+    good1, good2, bad = artifacts["1.0.0"], artifacts["1.1.0"], artifacts.broken("6.6.6")
     server = serve("--workers", "1", "--keep-releases", "2", "--release", str(good1), env=offline)
     upgrade = server.cli("upgrade", str(good2))
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
@@ -225,16 +225,16 @@ def test_failed_releases_are_marked_skipped_by_rollback_and_take_no_slot(serve, 
     assert failed.returncode == 1 and "RuntimeError: broken at import" in failed.stderr
 
     listed = json.loads(server.cli("releases", "--json").stdout)["releases"]
-    assert [r["version"] for r in listed] == ["1.2.0", "1.1.0", "1.0.0"], "newest first"
+    assert [r["version"] for r in listed] == ["6.6.6", "1.1.0", "1.0.0"], "newest first"
     assert [bool(r["failed"]) for r in listed] == [True, False, False], "it takes no slot"
     assert listed[0]["failed"]["phase"] == "preflight"
     assert "RuntimeError: broken at import" in listed[0]["failed"]["error"]
     human = server.cli("releases").stdout.splitlines()
-    assert human[0].startswith("! sample 1.2.0") and "failed at preflight" in human[0]
+    assert human[0].startswith("! sample 6.6.6") and "failed at preflight" in human[0]
 
-    refused = server.cli("rollback", "--to", "1.2.0")
+    refused = server.cli("rollback", "--to", "6.6.6")
     assert refused.returncode == 1
-    assert "release 1.2.0 failed at preflight when last deployed" in refused.stderr
+    assert "release 6.6.6 failed at preflight when last deployed" in refused.stderr
     assert server.status()["serving"]["release"]["version"] == "1.1.0"
     back = server.cli("rollback", "--to", "1.0.0")
     assert back.returncode == 0, back.stdout + back.stderr

@@ -108,10 +108,11 @@ class Artifacts:
         return self.built[version]
 
     def broken(self, version: str) -> Path:
-        """An artifact whose app raises at import time."""
-        if version not in self.built:
-            project = write_project(self.root / "src", version)
+        """An artifact whose app raises at import time (a version no good one uses)."""
+        key = f"broken-{version}"
+        if key not in self.built:
+            project = write_project(self.root / "broken-src", version)
             app = project / "sample" / "app.py"
             app.write_text(app.read_text() + '\nraise RuntimeError("broken at import")\n')
-            self.built[version] = build(project, self.root / "dist", progress=lambda _: None)
-        return self.built[version]
+            self.built[key] = build(project, self.root / "broken-dist", progress=lambda _: None)
+        return self.built[key]
