@@ -44,6 +44,7 @@ from beamdeploy_asgi.releases.manifest import (
 from beamdeploy_asgi.releases.release import MANIFEST, check_app_spec
 from beamdeploy_asgi.releases.requirements import (
     Requirement,
+    names_project,
     refuse_direct_references,
     requirements_file,
     wheel_requirements,
@@ -105,6 +106,8 @@ def build(
             requirements = project / "requirements.txt"
             wanted, source, found = [], "requirements.txt", []
         if requirements is not None:
+            if packaged and names_project(requirements, project):
+                wanted = []  # pip builds the project from the requirements' own line
             wanted = ["-r", str(requirements), *wanted]
             found += requirements_file(requirements, project if packaged else None)
         refuse_direct_references(found)
@@ -113,7 +116,9 @@ def build(
             progress(f"bundling beamdeploy-asgi {__version__} (the worker side)")
             wanted.append(_beamdeploy_requirement(own))
         progress(f"collecting dependency wheels from {source} with {describe_pip()}")
-        pip_wheel(wheels, wanted, binary_only=True, what="collecting the dependency wheels")
+        pip_wheel(
+            wheels, wanted, binary_only=True, what="collecting the dependency wheels", cwd=project
+        )
         _check_collected(wheels, scratch, progress)
         progress("writing the manifest with the checksum of every file")
         manifest = ArtifactManifest(

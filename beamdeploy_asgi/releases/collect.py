@@ -52,8 +52,13 @@ def describe_pip() -> str:
     return "pip" if pip_command()[0] == sys.executable else "pip run by uv"
 
 
-def pip_wheel(wheels: Path, args: list[str], *, binary_only: bool, what: str) -> None:
-    """`pip wheel` into `wheels`; `binary_only` takes published wheels, never sdists."""
+def pip_wheel(
+    wheels: Path, args: list[str], *, binary_only: bool, what: str, cwd: Path | None = None
+) -> None:
+    """`pip wheel` into `wheels`; `binary_only` takes published wheels, never sdists.
+
+    `cwd` is the project: pip reads relative paths in requirements files from there.
+    """
     command = [
         *pip_command(),
         "wheel",
@@ -64,10 +69,10 @@ def pip_wheel(wheels: Path, args: list[str], *, binary_only: bool, what: str) ->
         str(wheels),
     ]
     if not binary_only:
-        run([*command, *args], what)
+        run([*command, *args], what, cwd)
         return
     try:
-        run([*command, "--only-binary", ":all:", *args], what)
+        run([*command, "--only-binary", ":all:", *args], what, cwd)
     except ReleaseError as exc:
         raise ReleaseError(str(exc) + _sdist_hint(str(exc))) from None
 

@@ -46,14 +46,27 @@ def requirements_file(path: Path, project: Path | None = None) -> list[Requireme
     """Every requirement of a pip requirements file, following -r and -c.
 
     `project` is the directory being built: a line naming it (``-e .``) is
-    the project itself, which build makes a wheel of anyway.
+    the project itself, which is built from source anyway, so it is left out.
     """
     found: list[Requirement] = []
-    _read(path.resolve(), project, found, set())
+    _read(path.resolve(), project, found, [], set())
     return found
 
 
-def _read(path: Path, project: Path | None, found: list[Requirement], seen: set[Path]) -> None:
+def names_project(path: Path, project: Path) -> bool:
+    """Whether the requirements file installs the project itself (``-e .``, ``.``)."""
+    itself: list[Requirement] = []
+    _read(path.resolve(), project, [], itself, set())
+    return bool(itself)
+
+
+def _read(
+    path: Path,
+    project: Path | None,
+    found: list[Requirement],
+    itself: list[Requirement],
+    seen: set[Path],
+) -> None:
     if path in seen:
         return
     seen.add(path)
@@ -61,16 +74,17 @@ def _read(path: Path, project: Path | None, found: list[Requirement], seen: set[
         origin = f"{path.name} line {number}"
         option = OPTION.match(line)
         if option and option[1] in NESTED:
-            _read((path.parent / option[2].strip()).resolve(), project, found, seen)
-        elif option:  # editable: a local path or a VCS URL
-            if not _is_project(option[2].strip(), path.parent, project):
-                found.append(Requirement(f"-e {option[2].strip()}", origin))
+            _read((path.parent / option[2].strip()).resolve(), project, found, itself, seen)
+            continue
+        if option:  # editable: a local path or a VCS URL
+            target, text = option[2].strip(), f"-e {option[2].strip()}"
         elif line.startswith("-"):
             continue  # --index-url, --only-binary ...: options, not requirements
         else:
             text = re.split(r"\s--[A-Za-z]", line, maxsplit=1)[0].strip()  # drop --hash=...
-            if not _is_project(text, path.parent, project):
-                found.append(Requirement(text, origin))
+            target = text
+        mine = _is_project(target, project)
+        (itself if mine else found).append(Requirement(text, origin))
 
 
 def _logical_lines(path: Path) -> list[tuple[int, str]]:
@@ -97,11 +111,13 @@ def _logical_lines(path: Path) -> list[tuple[int, str]]:
     return lines
 
 
-def _is_project(target: str, base: Path, project: Path | None) -> bool:
+def _is_project(target: str, project: Path | None) -> bool:
+    """pip reads a relative path in a requirements file from its working directory,
+    which build sets to the project."""
     if project is None or "://" in target or "@" in target:
         return False
     candidate = target.removeprefix("file:").split("[", 1)[0].strip()
-    return (base / candidate).resolve() == project.resolve()
+    return (project / candidate).resolve() == project.resolve()
 
 
 def wheel_requirements(wheel: Path) -> list[Requirement]:

@@ -168,3 +168,19 @@ def test_install_with_pip_offline(tmp_path: Path, artifacts, offline):
         timeout=60,
     )
     assert imported.stdout.strip() == "ok", imported.stderr
+
+
+def test_a_requirements_txt_naming_the_project_itself_builds(tmp_path: Path):
+    """`-e .` is the project, built from source like always, not a direct reference."""
+    project = write_project(tmp_path, "4.0.0")
+    (project / "requirements.txt").write_text("starlette==0.46.2\n-e .\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "beamdeploy_asgi", "build", str(project), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    _, files = read_artifact(tmp_path / "o" / "sample-4.0.0.tar.gz")
+    assert [n for n in files if n.startswith("wheels/sample-4.0.0-")]
+    assert "wheels/starlette-0.46.2-py3-none-any.whl" in files

@@ -163,7 +163,7 @@ def test_a_failed_install_on_the_host_shows_the_installers_error(
         timeout=300,
         env={**os.environ, **offline},
     )
-    assert done.returncode == 1
+    assert done.returncode == 1 and done.stdout, done.stderr
     error = json.loads(done.stdout.splitlines()[-1])["error"]
     header, _, cause = error.partition("\n")
     assert header == "the offline install failed:"
