@@ -415,8 +415,9 @@ def _parse_header(block: bytes, after: str) -> tuple[bytes, int, int]:
     if block[257:263] not in (b"ustar\x00", b"ustar "):
         raise ReleaseError(f"the archive is damaged: not a ustar header after {after}")
     checksum = _number(block[148:156], after)
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 256 * sum(1 for byte in block[:148] + block[156:] if byte > 127)
+    fields = block[:148] + block[156:]
+    unsigned = sum(fields) + 8 * 32  # the checksum field counts as spaces
+    signed = unsigned - 256 * sum(byte > 127 for byte in fields) if checksum != unsigned else 0
     if checksum not in (unsigned, signed):
         raise ReleaseError(f"the archive is damaged: bad header checksum after {after}")
     return block[156:157], _number(block[124:136], after), _number(block[100:108], after)

@@ -74,8 +74,8 @@ def directory(name: str) -> bytes:
     return header(name, 0, b"5", mode=0o755)
 
 
-def pax(records: dict[str, str | bytes]) -> bytes:
-    """A pax extended header applying to the next member."""
+def pax_records(records: dict[str, str | bytes]) -> bytes:
+    """ "LENGTH KEY=VALUE\\n" records, each LENGTH counting itself."""
     body = b""
     for key, value in records.items():
         value = value.encode() if isinstance(value, str) else value
@@ -84,7 +84,12 @@ def pax(records: dict[str, str | bytes]) -> bytes:
         while len(b"%d" % length) + len(record) != length:
             length += 1
         body += b"%d" % length + record
-    return member("././@PaxHeader", body, b"x")
+    return body
+
+
+def pax(records: dict[str, str | bytes]) -> bytes:
+    """A pax extended header applying to the next member."""
+    return member("././@PaxHeader", pax_records(records), b"x")
 
 
 def manifest_data(files: dict[str, bytes], **changes) -> bytes:
