@@ -110,7 +110,9 @@ def explanation(command: list[str], done: subprocess.CompletedProcess[str]) -> s
 
 
 def _shown(command: list[str]) -> str:
-    return " ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command))
+    """The program and its first arguments: enough to tell which step it was."""
+    words = [Path(command[0]).name, *command[1:4]]
+    return " ".join(words) + (" ..." if len(command) > 4 else "")
 
 
 def _sdist_hint(error: str) -> str:

@@ -169,3 +169,13 @@ def test_a_failed_install_on_the_host_shows_the_installers_error(
     assert header == "the offline install failed:"
     assert "starlette" in cause, error  # the installer's own words, not an empty cause
     assert not list((tmp_path / "state" / "releases").iterdir())
+
+
+def test_an_installer_failing_silently_is_named_with_its_exit_code():
+    from beamdeploy_asgi.releases.install import _run
+
+    with pytest.raises(ReleaseError) as failed:
+        _run(["/bin/sh", "-c", "exit 7", "sh", "a.whl", "b.whl"])
+    assert str(failed.value) == (
+        "the offline install failed:\nsh -c exit 7 sh ... exited with code 7 and printed nothing"
+    )
