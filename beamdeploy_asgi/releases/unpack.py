@@ -26,6 +26,7 @@ import shutil
 import stat
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -83,29 +84,42 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def extract(artifact: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> ArtifactManifest:
+def extract(
+    artifact: Path,
+    dest: Path,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    on_manifest: Callable[[ArtifactManifest], None] | None = None,
+) -> ArtifactManifest:
     """Unpack `artifact` into the empty directory `dest`; return its checked manifest.
 
     Anything the format does not allow or over a limit raises ReleaseError
-    naming the member and the limit, and leaves `dest` empty.
+    naming the member and the limit, and leaves `dest` empty. `on_manifest`
+    runs once the manifest is checked and before any other member is read, so
+    a caller can refuse an artifact (its Python, its platform) at no cost.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        busy = any(dest.iterdir())
+        raw = open(artifact, "rb", buffering=0)
+    except OSError as exc:
+        raise ReleaseError(f"cannot unpack {artifact.name} into {dest}: {exc}") from None
+    if busy:
+        raw.close()
         raise ReleaseError(f"cannot unpack into {dest}: it is not empty")
     try:
-        raw = open(artifact, "rb")
-    except OSError as exc:
-        raise ReleaseError(f"{artifact.name} cannot be read: {exc.strerror}") from None
-    try:
         with raw:
-            size = os.fstat(raw.fileno()).st_size
-            if size > limits.max_compressed:
+            info = os.fstat(raw.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ReleaseError(f"{artifact.name} is not a regular file")
+            if info.st_size > limits.max_compressed:
                 raise ReleaseError(
-                    f"{artifact.name} is {size} bytes, more than the {limits.max_compressed} "
-                    "an artifact may be compressed (the size limit plus headers)"
+                    f"{artifact.name} is {info.st_size} bytes, over the "
+                    f"{limits.max_compressed}-byte limit for a compressed artifact "
+                    f"(from the size limit {limits.max_bytes})"
                 )
             stream = _Gunzip(raw, artifact.name, limits)
-            return _Unpacker(stream, dest.resolve(), limits).run()
+            return _Unpacker(stream, dest.resolve(), limits, on_manifest).run()
     except BaseException:
         _empty(dest)
         raise
@@ -210,10 +224,17 @@ class _Member:
 
 
 class _Unpacker:
-    def __init__(self, stream: _Gunzip, root: Path, limits: Limits) -> None:
+    def __init__(
+        self,
+        stream: _Gunzip,
+        root: Path,
+        limits: Limits,
+        on_manifest: Callable[[ArtifactManifest], None] | None,
+    ) -> None:
         self.stream = stream
         self.root = root
         self.limits = limits
+        self.on_manifest = on_manifest
         self.count = 0
         self.total = 0  # the files' bytes
         self.seen: set[str] = set()
@@ -229,6 +250,8 @@ class _Unpacker:
                 f"the artifact has no {MANIFEST} as its first member (it starts with {_show(name)})"
             )
         manifest = self._manifest(first)
+        if self.on_manifest is not None:
+            self.on_manifest(manifest)
         while (member := self._next()) is not None:
             name = self._check(member)
             if member.kind == DIR_KIND:
@@ -246,7 +269,7 @@ class _Unpacker:
         missing = sorted(set(manifest.files) - self.seen)
         if missing:
             raise ReleaseError(
-                f"{missing[0]} is listed in {MANIFEST} but missing from the artifact"
+                f"{_show(missing[0])} is listed in {MANIFEST} but missing from the artifact"
             )
         return manifest
 
@@ -417,8 +440,7 @@ def _parse_header(block: bytes, after: str) -> tuple[bytes, int, int]:
     checksum = _number(block[148:156], after)
     fields = block[:148] + block[156:]
     unsigned = sum(fields) + 8 * 32  # the checksum field counts as spaces
-    signed = unsigned - 256 * sum(byte > 127 for byte in fields) if checksum != unsigned else 0
-    if checksum not in (unsigned, signed):
+    if checksum != unsigned and checksum != unsigned - 256 * sum(b > 127 for b in fields):
         raise ReleaseError(f"the archive is damaged: bad header checksum after {after}")
     return block[156:157], _number(block[124:136], after), _number(block[100:108], after)
 

@@ -264,7 +264,7 @@ def test_every_byte_out_of_gzip_counts(tmp_path: Path):
 
 def test_the_compressed_size_is_capped(tmp_path: Path):
     archive = gzip_bytes(valid_tar()) + os.urandom(200_000)
-    refused(tmp_path, archive, "more than", Limits(max_bytes=1000, max_files=10))
+    refused(tmp_path, archive, "over the 57638-byte limit for a compressed", Limits(1000, 10))
 
 
 def test_the_time_is_capped(tmp_path: Path):
@@ -320,3 +320,26 @@ def test_padding_and_header_fields_as_gnu_tar_writes_them(tmp_path: Path):
     archive += bytes(-len(archive) % 10240)
     dest = unpack(tmp_path, gzip_bytes(archive))
     assert (dest / long_name).read_bytes() == b"1"
+
+
+def test_the_manifest_is_handed_over_before_any_other_member(tmp_path: Path):
+    """install can refuse an artifact for another Python before it is unpacked."""
+    seen = []
+
+    def refuse(manifest) -> None:
+        seen.append(sorted(p.name for p in (tmp_path / "dest").iterdir()))
+        raise ReleaseError(f"built for Python {manifest.python}")
+
+    artifact = tmp_path / "a.tar.gz"
+    artifact.write_bytes(gzip_bytes(valid_tar()))
+    with pytest.raises(ReleaseError, match="built for Python 3.11"):
+        extract(artifact, tmp_path / "dest", on_manifest=refuse)
+    assert seen == [[MANIFEST]]
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_only_a_regular_file_is_read(tmp_path: Path):
+    with pytest.raises(ReleaseError, match="null is not a regular file"):
+        extract(Path("/dev/null"), tmp_path / "dest")
+    with pytest.raises(ReleaseError, match="cannot unpack missing.tar.gz"):
+        extract(tmp_path / "missing.tar.gz", tmp_path / "dest")
