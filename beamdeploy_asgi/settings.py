@@ -311,6 +311,40 @@ class MaxUploadSize(gconfig.Setting):
         """
 
 
+class UploadTimeout(gconfig.Setting):
+    name = "upload_timeout"
+    section = SECTION
+    cli = ["--upload-timeout"]
+    meta = "SECONDS"
+    validator = _positive_float
+    type = float
+    default = 600.0
+    desc = """\
+        How long the admin API waits for an uploaded artifact to arrive in full.
+
+        An upload that pauses for ``--header-timeout`` seconds is cut sooner.
+        Either way the answer is 408 and nothing of the upload is kept.
+        """
+
+
+class HeaderTimeout(gconfig.Setting):
+    name = "header_timeout"
+    section = SECTION
+    cli = ["--header-timeout"]
+    meta = "SECONDS"
+    validator = _positive_float
+    type = float
+    default = 30.0
+    desc = """\
+        How long a connection may take to send a request's headers.
+
+        Counted from the connection's start, or from the end of its last
+        response; an idle keep-alive connection is never closed before
+        ``keepalive`` + 1 seconds. The admin API also cuts a request body
+        that pauses this long.
+        """
+
+
 TOKEN_ENV = "BEAMDEPLOY_TOKEN"
 MIN_TOKEN_LENGTH = 16
 

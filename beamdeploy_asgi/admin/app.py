@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from beamdeploy_asgi.admin.errors import AdminError, error_response
 from beamdeploy_asgi.admin.gate import AdminGate, presented_token
 from beamdeploy_asgi.admin.openapi import openapi_schema
-from beamdeploy_asgi.admin.uploads import ARTIFACT_TYPES, receive_upload, uploads_dir
+from beamdeploy_asgi.admin.uploads import (
+    ARTIFACT_TYPES,
+    CLOSE,
+    UploadSlot,
+    receive_upload,
+    refuse_oversized,
+    timed_chunks,
+    uploads_dir,
+)
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.worker import runtime as worker_runtime
 
@@ -75,10 +83,22 @@ def _arbiter() -> Any:
     return runtime.requests
 
 
-async def _ask(request: Request, message: dict[str, Any]) -> dict[str, Any]:
-    """Forward `message` with the request's token; the arbiter checks it again."""
+async def _ask(
+    request: Request, message: dict[str, Any], on_answer: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Forward `message` with the request's token; the arbiter checks it again.
+
+    `on_answer` runs at the arbiter's first reply (an event or the result):
+    by then the arbiter has acted on the message.
+    """
     try:
-        return await _arbiter().request(message, presented_token(request.scope))
+        async for reply in _arbiter().stream(message, presented_token(request.scope)):
+            if on_answer is not None:
+                on_answer()
+                on_answer = None
+            if "result" in reply:
+                return reply["result"]
+        raise ControlError("disconnected", "the arbiter did not answer")
     except ControlError as exc:
         raise AdminError.from_control(exc) from None
 
@@ -136,24 +156,47 @@ async def upgrade(request: Request) -> Response:
     assert runtime is not None  # the gate answered 503 otherwise
     wait = _flag(request.query_params.get("wait"), "wait")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        release = _confined(await _json_release(request), runtime.cfg.release_dirs)
-        message = {"op": "upgrade", "release": str(release), "follow": wait}
-    elif content_type in ARTIFACT_TYPES:
-        upload = await receive_upload(request, uploads_dir(), runtime.cfg.max_upload_size)
-        message = {"op": "upgrade", "release": str(upload), "follow": wait, "remove_after": True}
-    else:
+    if content_type in ARTIFACT_TYPES:
+        return await _upgrade_from_upload(request, runtime.cfg, wait)
+    if content_type != "application/json":
         raise AdminError(
             415,
             'send JSON ({"release": PATH}) as application/json, or the artifact as '
             f"application/gzip, not {content_type or 'no content type'}",
         )
-    try:
-        return await _deploy(request, message, wait)
-    except AdminError:
-        if message.get("remove_after"):
-            Path(message["release"]).unlink(missing_ok=True)
-        raise
+    release = _confined(await _json_release(request), runtime.cfg.release_dirs)
+    return await _deploy(request, {"op": "upgrade", "release": str(release), "follow": wait}, wait)
+
+
+async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Response:
+    """Receive the artifact and hand it to the arbiter: one upload at a time.
+
+    Every refusal that does not need the body comes before a byte of it is
+    read: too large, another upload under way, a deployment running. The
+    slot is free again once the arbiter has taken the upload over.
+    """
+    refuse_oversized(request, cfg.max_upload_size)
+    with UploadSlot(uploads_dir()) as slot:
+        if (await _ask(request, {"op": "ping"})).get("upgrading"):
+            raise AdminError(
+                409,
+                "upgrade in progress: a deployment is running; try again when it has ended",
+                "upgrade_in_progress",
+                headers=CLOSE,
+            )
+        upload = await receive_upload(
+            request,
+            slot.directory,
+            cfg.max_upload_size,
+            idle=cfg.header_timeout,
+            total=cfg.upload_timeout,
+        )
+        message = {"op": "upgrade", "release": str(upload), "follow": wait, "remove_after": True}
+        try:
+            return await _deploy(request, message, wait, on_answer=slot.release)
+        except AdminError:
+            upload.unlink(missing_ok=True)
+            raise
 
 
 async def rollback(request: Request) -> Response:
@@ -175,13 +218,18 @@ async def rollback(request: Request) -> Response:
     return await _deploy(request, message, wait)
 
 
-async def _deploy(request: Request, message: dict[str, Any], wait: bool) -> Response:
+async def _deploy(
+    request: Request,
+    message: dict[str, Any],
+    wait: bool,
+    on_answer: Callable[[], None] | None = None,
+) -> Response:
     """202 with Location at once, or with wait the outcome: 200, or 422 with the cause."""
     if not wait:
-        started = await _ask(request, message)
+        started = await _ask(request, message, on_answer)
         location = f"{request.scope.get('root_path', '')}/deployments/{started['id']}"
         return JSONResponse(started, 202, headers={"Location": location})
-    outcome = await _ask(request, message)
+    outcome = await _ask(request, message, on_answer)
     if outcome["outcome"] != "succeeded":
         return error_response(
             422, "deployment_failed", outcome["error"] or "deployment failed", deployment=outcome
@@ -218,17 +266,26 @@ async def _json_release(request: Request) -> str:
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
+    """A small body, in full within --header-timeout, or 413/408."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise AdminError(400, "Content-Length is not a number")
         if int(declared) > limit:
-            raise AdminError(413, f"the request body is larger than {limit} bytes")
+            raise AdminError(413, f"the request body is larger than {limit} bytes", headers=CLOSE)
+    runtime = worker_runtime.current()
+    assert runtime is not None  # the gate answered 503 otherwise
+    timeout = float(runtime.cfg.header_timeout)
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise AdminError(413, f"the request body is larger than {limit} bytes")
+    try:
+        async for chunk in timed_chunks(request, idle=timeout, total=timeout):
+            body.extend(chunk)
+            if len(body) > limit:
+                raise AdminError(
+                    413, f"the request body is larger than {limit} bytes", headers=CLOSE
+                )
+    except ClientDisconnect:
+        raise AdminError(400, "the client went away before the request body ended") from None
     return bytes(body)
 
 

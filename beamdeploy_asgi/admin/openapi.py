@@ -18,6 +18,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "missing or wrong token",
         403: "address or path not allowed",
         404: "no such route or deployment",
+        408: "the request body did not arrive in time (upload_timeout for an artifact)",
         409: "a deployment is already running, or no release to roll back to",
         413: "body too large",
         415: "wrong content type",
@@ -101,7 +102,13 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                     "responses": {
                         "200": _json(DEPLOYMENT, "with wait: the deployment succeeded"),
                         "202": STARTED,
-                        **_errors(400, 409, 413, 415, 422, *AUTHED),
+                        **_errors(400, 408, 409, 413, 415, 422, *AUTHED),
+                        "409": _json(
+                            ERROR,
+                            "a deployment is already running (upgrade_in_progress), or another "
+                            "artifact is being uploaded (upload_in_progress); an upload is "
+                            "refused before its body is read",
+                        ),
                     },
                 }
             },
@@ -120,7 +127,7 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                     "responses": {
                         "200": _json(DEPLOYMENT, "with wait: the rollback succeeded"),
                         "202": STARTED,
-                        **_errors(400, 409, 413, 422, *AUTHED),
+                        **_errors(400, 408, 409, 413, 422, *AUTHED),
                     },
                 }
             },

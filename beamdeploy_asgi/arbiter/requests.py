@@ -21,7 +21,7 @@ class ControlRequests:
     def handle_control(self: Any, request: dict[str, Any], conn: ControlConnection) -> None:
         op = request["op"]
         if op == "ping":
-            conn.reply({"pid": self.pid})
+            conn.reply({"pid": self.pid, "upgrading": self.deployment is not None})
         elif op == "status":
             conn.reply(self.status())
         elif op == "upgrade":
