@@ -149,7 +149,7 @@ def test_hard_links_between_large_members_are_refused_at_the_first(tmp_path: Pat
     pieces = [(with_manifest(files, **digests), 1), (REST, 1), (directory("app/links"), 1)]
     for i, name in enumerate(big):
         pieces += [(header(name, 16 * MB), 1), (bytes(MB), 16)]
-        pieces += [(header(f"app/links/{i}-{j}", kind=b"1", linkname=name), 1) for j in range(5)]
+        pieces += [(header(f"app/links/{i}-{j}", kind=b"1", linkname=name), 1) for j in range(10)]
     artifact = write_gzip(tmp_path / "links.tar.gz", pieces + [(END, 1)])
     assert artifact.stat().st_size < 1 * MB
     refused_within_bounds(tmp_path, artifact, "app/links/0-0: hard links are not allowed")
