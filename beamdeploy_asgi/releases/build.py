@@ -294,7 +294,11 @@ def sha256_file(path: Path) -> str:
 
 
 def _pack(staging: Path, artifact: Path) -> None:
-    """Regular files and directories only, owned by nobody in particular."""
+    """Regular files and directories only, owned by nobody in particular.
+
+    The manifest goes first: a host reads and checks it before it takes in
+    anything else.
+    """
 
     def clean(info: tarfile.TarInfo) -> Any:
         info.uid = info.gid = 0
@@ -303,9 +307,11 @@ def _pack(staging: Path, artifact: Path) -> None:
         return info
 
     partial = artifact.with_name(artifact.name + ".partial")
+    manifest = staging / MANIFEST
     with tarfile.open(partial, "w:gz") as tar:
+        tar.add(manifest, arcname=MANIFEST, recursive=False, filter=clean)
         for path in sorted(staging.rglob("*")):
-            if path.is_symlink():
+            if path.is_symlink() or path == manifest:
                 continue
             tar.add(
                 path, arcname=path.relative_to(staging).as_posix(), recursive=False, filter=clean

@@ -120,7 +120,10 @@ def uvicorn_options(cfg: Any) -> dict[str, Any]:
         "loop": getattr(cfg, "asgi_loop", "auto"),
         "lifespan": getattr(cfg, "asgi_lifespan", "auto"),
         "proxy_headers": cfg.proxy_headers,
-        "forwarded_allow_ips": ",".join(forwarded) if isinstance(forwarded, list) else forwarded,
+        # gunicorn 24.1.0 hands over network objects, the others strings.
+        "forwarded_allow_ips": (
+            ",".join(map(str, forwarded)) if isinstance(forwarded, list) else forwarded
+        ),
         "root_path": getattr(cfg, "root_path", "") or "",
         "timeout_keep_alive": cfg.keepalive,
         "limit_concurrency": cfg.limit_concurrency,

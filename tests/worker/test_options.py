@@ -98,7 +98,7 @@ def test_a_release_with_an_older_beamdeploy_ignores_options_it_does_not_know(ser
     (settings,) = (release / "venv").glob("lib/python*/site-packages/beamdeploy_asgi/settings.py")
     source = settings.read_text()
     start = source.index("class MaxUploadSize(")
-    end = source.index("\ndef ", start)
+    end = source.index("\n\n\n", start)  # the end of that class
     settings.unlink()  # a new file: the old one may be a hard link into uv's cache
     settings.write_text(source[:start] + source[end:])  # as before that option existed
 
