@@ -25,6 +25,7 @@ import uvicorn
 
 from beamdeploy_asgi.worker.drain import is_websocket, unread_bytes
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
+from beamdeploy_asgi.worker.header_timeout import HeaderTimeout
 from beamdeploy_asgi.worker.health import check_health
 
 POLL = 0.05
@@ -114,6 +115,12 @@ class WorkerServer(uvicorn.Server):
             )
             self.servers.append(server)
         self.started = True
+        self.header_timeout = HeaderTimeout.start(
+            self.server_state.connections,
+            runtime.cfg.header_timeout,
+            getattr(self.config, "timeout_keep_alive", 5),
+            runtime.log,
+        )
         runtime.channel.send("serving")
         runtime.log.info("%s: serving", runtime.name)
 
@@ -166,6 +173,7 @@ class WorkerServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         runtime = self.runtime
         loop = asyncio.get_running_loop()
+        self.header_timeout.stop()  # the drain closes what is idle from now on
         runtime.draining = True
         runtime.channel.send("draining")
         for server in self.servers:
