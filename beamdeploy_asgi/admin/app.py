@@ -192,11 +192,18 @@ async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Respon
             total=cfg.upload_timeout,
         )
         message = {"op": "upgrade", "release": str(upload), "follow": wait, "remove_after": True}
+        handed_over = False
+
+        def hand_over() -> None:  # the arbiter installs it, then removes it
+            nonlocal handed_over
+            handed_over = True
+            slot.release()
+
         try:
-            return await _deploy(request, message, wait, on_answer=slot.release)
-        except AdminError:
-            upload.unlink(missing_ok=True)
-            raise
+            return await _deploy(request, message, wait, on_answer=hand_over)
+        finally:
+            if not handed_over:
+                upload.unlink(missing_ok=True)
 
 
 async def rollback(request: Request) -> Response:
