@@ -13,6 +13,8 @@ from typing import Any
 from gunicorn import config as gconfig
 
 SECTION = "BeamDeploy"
+TOKEN_ENV = "BEAMDEPLOY_TOKEN"
+MIN_TOKEN_LENGTH = 16
 
 
 def _positive_float(value: Any) -> float:
@@ -343,10 +345,6 @@ class HeaderTimeout(gconfig.Setting):
         ``keepalive`` + 1 seconds. The admin API also cuts a request body
         that pauses this long.
         """
-
-
-TOKEN_ENV = "BEAMDEPLOY_TOKEN"
-MIN_TOKEN_LENGTH = 16
 
 
 def admin_token(cfg: Any) -> str | None:

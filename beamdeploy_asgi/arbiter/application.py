@@ -65,6 +65,7 @@ class BeamApplication(Application):
         self.argv = list(argv)
         self.lenient = lenient
         self.ignored_options: list[str] = []
+        self.chdir_error: str | None = None
         # Workers start here and apply chdir themselves, like the arbiter did.
         self.launch_cwd = os.getcwd()
         self.app_uri: str | None = None
@@ -102,7 +103,17 @@ class BeamApplication(Application):
     def chdir(self) -> None:
         # The arbiter never imports the app, so only the working directory
         # changes here; workers put it on sys.path when they run from it.
-        os.chdir(self.cfg.chdir)
+        if not self.lenient:
+            os.chdir(self.cfg.chdir)
+            return
+        try:
+            os.chdir(self.cfg.chdir)
+        except OSError as exc:
+            # A worker says why it cannot boot, rather than gunicorn's bare exit.
+            self.chdir_error = (
+                f"cannot enter the working directory {self.cfg.chdir} as uid "
+                f"{os.getuid()}: {exc.strerror}"
+            )
 
     def load(self) -> Any:
         raise ConfigError("the beamdeploy arbiter never imports the application")

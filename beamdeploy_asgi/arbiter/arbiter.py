@@ -17,6 +17,7 @@ import queue
 import selectors
 import signal
 import stat
+import subprocess
 import sys
 import time
 import types
@@ -45,7 +46,7 @@ from beamdeploy_asgi.arbiter.listeners import (
     describe,
 )
 from beamdeploy_asgi.arbiter.requests import ControlRequests
-from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
+from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker, worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.arbiter.worker_requests import WorkerConnection, parse_request, token_matches
 from beamdeploy_asgi.control import ControlClient, socket_path
@@ -128,8 +129,10 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 1,
             )
         workers_elsewhere = self.cfg.uid != os.geteuid()
+        os.makedirs(self.store.releases_dir, mode=0o700, exist_ok=True)
         wanted = {
             self.state_dir: 0o711 if workers_elsewhere else 0o700,  # workers reach uploads only
+            # The workers' user enters it to build a venv and run its release.
             str(self.store.releases_dir): 0o711 if workers_elsewhere else 0o700,
             str(self.store.history_file): 0o600,
         }
@@ -145,6 +148,26 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                     "%s was mode %o; tightened to %o", path, stat.S_IMODE(current.st_mode), mode
                 )
                 os.chmod(path, mode)
+        if workers_elsewhere and not self._workers_can_enter(str(self.store.releases_dir)):
+            raise HaltServer(
+                f"the workers' user (uid {self.cfg.uid}) cannot enter {self.store.releases_dir}, "
+                "where releases are built and run as that user: let it traverse every parent "
+                "directory of the state dir (o+x), or choose a --state-dir it can reach",
+                1,
+            )
+
+    def _workers_can_enter(self, path: str) -> bool:
+        try:
+            done = subprocess.run(
+                ["test", "-x", path],
+                stdin=subprocess.DEVNULL,
+                timeout=10,
+                cwd="/",
+                **worker_owner(self.cfg),
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
 
     def _clear_stale_uploads(self) -> None:
         """Uploads left by a previous run: nothing installs them any more."""

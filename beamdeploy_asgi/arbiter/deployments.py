@@ -15,7 +15,6 @@ generation as it was.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from gunicorn import systemd
 from gunicorn.errors import HaltServer
 
+from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall, died
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
 from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
@@ -31,8 +31,6 @@ from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.preflight import RELEASE_ENV
 from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 from beamdeploy_asgi.releases.release import Release
-
-INSTALL_TIMEOUT = 900.0
 
 
 class Deployments:
@@ -66,48 +64,36 @@ class Deployments:
         deployment.record("installing", f"installing {Path(artifact).name}")
         started = time.monotonic()
 
-        def on_line(message: dict[str, Any]) -> None:
-            if "progress" in message:
-                deployment.record("installing", str(message["progress"]))
-
-        def on_exit(task: Task) -> None:
-            if remove_after:
-                _unlink(artifact)
+        def done(path: str) -> None:
             if self.deployment is not deployment:
                 return
             deployment.timings["install"] = time.monotonic() - started
-            result = task.last("result")
-            if task.returncode != 0 or not isinstance(result, dict):
-                cause = task.last("error") or _died(task, "the install")
-                self._fail_early(deployment, f"install failed: {cause}")
-                return
             try:
-                deployment.release = Release.load(result["path"])
+                deployment.release = Release.load(path)
             except ReleaseError as exc:
                 self._fail_early(deployment, f"install failed: {exc}")
                 return
             self._release_ready(deployment, preflight=True)
 
-        self._start_task(
-            "install",
-            [
-                sys.executable,
-                "-m",
-                "beamdeploy_asgi.releases.install",
-                artifact,
-                "--state-dir",
-                self.state_dir,
-                "--max-bytes",
-                str(self.cfg.artifact_max_size),
-                "--max-files",
-                str(self.cfg.artifact_max_files),
-                *(["--python", self.cfg.release_python] if self.cfg.release_python else []),
-            ],
-            on_line=on_line,
-            on_exit=on_exit,
-            timeout=INSTALL_TIMEOUT,
-            cwd=self.state_dir,  # runs as root: nothing from the app's directory on sys.path
-        )
+        def forget_upload() -> None:
+            if remove_after:  # unpacked by now, or refused
+                _unlink(artifact)
+
+        def failed(cause: str) -> None:
+            if self.deployment is deployment:
+                deployment.timings["install"] = time.monotonic() - started
+                self._fail_early(deployment, f"install failed: {cause}")
+
+        ArtifactInstall(
+            artifact,
+            state_dir=self.state_dir,
+            cfg=self.cfg,
+            start_task=self._start_task,
+            progress=lambda text: deployment.record("installing", text),
+            done=done,
+            failed=failed,
+            wanted=lambda: self.deployment is deployment and not self.stopping,
+        ).start(on_prepared=forget_upload)
 
     def _release_ready(self: Any, deployment: Deployment, preflight: bool) -> None:
         release = deployment.release
@@ -131,7 +117,7 @@ class Deployments:
             if task.returncode == 0:
                 self._boot(deployment)
                 return
-            cause = task.last("error") or _died(task, "the preflight import")
+            cause = task.last("error") or died(task, "the preflight import")
             tail = task.last("traceback")
             self._fail_early(deployment, f"preflight: {cause}" + (f"\n{tail}" if tail else ""))
 
@@ -389,20 +375,6 @@ class Deployments:
                     f"({why.get('error')}); rollback skips it (use upgrade to try it again)"
                 )
         raise LookupError(f"no kept release has version {version!r}")
-
-
-def _died(task: Task, what: str) -> str:
-    """The first line says why; the output's tail follows for the details."""
-    if task.failure is not None:
-        return f"{what} was stopped: {task.failure}"
-    tail = task.output_tail()
-    how = f"exited with code {task.returncode}" if task.returncode is not None else "died"
-    if not tail:
-        return f"{what} {how}"
-    last = tail.splitlines()[-1].strip()
-    if "No module named 'beamdeploy_asgi'" in tail:
-        last = "the release's venv lacks beamdeploy-asgi, which runs its workers"
-    return f"{what} {how}: {last}\n{tail}"
 
 
 def _unlink(path: str) -> None:

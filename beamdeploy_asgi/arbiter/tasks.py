@@ -40,6 +40,7 @@ class Task:
         owner: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
+        self.argv = argv
         self.on_line = on_line
         self.on_exit = on_exit
         self.deadline = time.monotonic() + timeout

@@ -1,31 +1,47 @@
-"""Installing an artifact into the release store, offline.
+"""Installing an artifact into the release store, offline, in three steps.
 
-The arbiter runs this as a subprocess (``python -m
-beamdeploy_asgi.releases.install``) so that a slow install never holds up its
-loop. It prints JSON lines, ``{"progress": ...}`` as it goes and finally
-``{"result": {"path": ..., "reused": ...}}`` or ``{"error": ...}``. A failed
-install leaves nothing behind: everything happens in a temporary directory
-inside the store that is renamed into place only when the release is whole.
+1. ``prepare``, as the arbiter's user: an artifact installed already is reused;
+   otherwise it is unpacked (bounded, checked member by member) into a staging
+   directory of the store, and its wheels are checked to be a complete set
+   that names no direct reference. Nothing of the artifact runs here.
+2. the venv is built from exactly the bundled wheels, ``--no-deps``, no index,
+   no network, wheels only, as the workers' user: the arbiter runs the two
+   commands ``prepare`` hands it (``venv`` and ``install``).
+3. ``seal``, as the arbiter's user: the release becomes the arbiter's,
+   read-only to the workers' group, and is renamed into the store.
+
+The arbiter runs each step as a subprocess, so a slow install never holds up
+its loop. ``python -m beamdeploy_asgi.releases.install ARTIFACT --state-dir
+DIR`` runs all three at once, as the caller. Each step prints JSON lines:
+``{"progress": ...}`` as it goes, then ``{"result": ...}`` or ``{"error": ...}``.
+A failed install leaves nothing behind in the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.build import sha256_file
 from beamdeploy_asgi.releases.collect import explanation
-from beamdeploy_asgi.releases.manifest import ArtifactManifest, this_platform
-from beamdeploy_asgi.releases.release import MANIFEST, Release
+from beamdeploy_asgi.releases.manifest import SAFE_NAME, ArtifactManifest, this_platform
+from beamdeploy_asgi.releases.release import Release
+from beamdeploy_asgi.releases.seal import seal
 from beamdeploy_asgi.releases.store import ReleaseStore, mark_installed
 from beamdeploy_asgi.releases.unpack import DEFAULT_LIMITS, Limits, extract
+from beamdeploy_asgi.releases.wheelset import check_wheel_set
+
+Progress = Callable[[str], None]
 
 
 def install(
@@ -35,36 +51,19 @@ def install(
     limits: Limits = DEFAULT_LIMITS,
     installer: str = "auto",
     python: str | None = None,
-    progress: Any = print,
+    progress: Progress = print,
 ) -> tuple[Path, bool]:
-    """Install `artifact`; return the release path and whether it was there already."""
-    if not artifact.is_file():
-        raise ReleaseError(f"{artifact} is not a file")
-    digest = sha256_file(artifact)
-    existing = store.find_by_digest(digest)
-    if existing is not None:
-        progress(f"artifact already installed at {existing}")
-        return existing, True
-    store.releases_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=store.releases_dir))
+    """All three steps as the caller; return the release path and whether it was there."""
+    prepared = prepare(
+        artifact, store, limits=limits, installer=installer, python=python, progress=progress
+    )
+    if "path" in prepared:
+        return Path(prepared["path"]), True
+    staging = Path(prepared["staging"])
     try:
-        progress(f"unpacking {artifact.name}")
-        extract(artifact, staging, limits)
-        manifest = _manifest(staging)
-        progress(f"verifying {len(manifest.files)} checksums of {manifest.name} {manifest.version}")
-        _verify(staging, manifest)
-        python = find_python(manifest.python, python)
-        manifest.check_runs_on(manifest.python, this_platform())
-        tool = _installer(installer)
-        progress(f"building the venv offline from {len(manifest.wheels)} wheels with {tool}")
-        _build_venv(staging, python, manifest, tool)
-        shutil.rmtree(staging / "wheels", ignore_errors=True)
-        Release.load(staging)  # the installed release must be loadable as it stands
-        mark_installed(staging, digest)
-        final = store.releases_dir / f"{manifest.name}-{manifest.version}"
-        if final.exists():
-            final = final.with_name(f"{final.name}-{digest[:12]}")
-        staging.rename(final)
+        for command in prepared["commands"]:
+            run_installer(command)
+        final = seal_release(staging, store, prepared["digest"], os.geteuid(), os.getegid())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -72,33 +71,124 @@ def install(
     return final, False
 
 
-def _manifest(root: Path) -> ArtifactManifest:
-    path = root / MANIFEST
-    if not path.is_file() or path.is_symlink():
-        raise ReleaseError(f"the artifact has no {MANIFEST}")
+def prepare(
+    artifact: Path,
+    store: ReleaseStore,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    installer: str = "auto",
+    python: str | None = None,
+    owner: tuple[int, int] | None = None,
+    progress: Progress = print,
+) -> dict[str, Any]:
+    """``{"path": ...}`` of the same artifact installed before, or a staging dir to build in.
+
+    For a new release: ``{"staging", "digest", "commands"}``, the commands
+    being what builds the venv from the bundled wheels, to be run (as `owner`,
+    when given) before `seal_release`.
+    """
+    if not artifact.is_file():
+        raise ReleaseError(f"{artifact} is not a file")
+    if artifact.stat().st_size > limits.max_compressed:
+        raise ReleaseError(f"{artifact.name} is over {limits.max_compressed} bytes; refused")
+    digest = sha256_file(artifact)
+    existing = store.find_by_digest(digest)
+    if existing is not None:
+        progress(f"artifact already installed at {existing}")
+        return {"path": str(existing)}
+    store.releases_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=store.releases_dir))
+    chosen: dict[str, str] = {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReleaseError(f"{MANIFEST} is not valid JSON: {exc}") from None
-    return ArtifactManifest.from_dict(data)
+
+        def check_host(manifest: ArtifactManifest) -> None:
+            manifest.check_runs_on(manifest.python, this_platform())
+            chosen["python"] = find_python(manifest.python, python)
+            progress(f"unpacking {manifest.name} {manifest.version} ({len(manifest.files)} files)")
+
+        manifest = _extract(artifact, staging, limits, check_host)
+        wheels = [staging / wheel for wheel in manifest.wheels]
+        progress(f"checking that the {len(wheels)} bundled wheels need nothing else")
+        try:
+            check_wheel_set(wheels, manifest.python)
+        except ValueError as exc:
+            raise ReleaseError(f"the artifact's wheels are not a complete set: {exc}") from None
+        tool = _installer(installer, owner)
+        progress(f"building the venv offline from {len(wheels)} wheels with {tool}")
+        commands = venv_commands(staging, chosen["python"], wheels, tool)
+        if owner is not None:
+            _give(staging, *owner)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"staging": str(staging), "digest": digest, "commands": commands}
 
 
-def _verify(root: Path, manifest: ArtifactManifest) -> None:
-    present = {
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.is_symlink() or not path.is_dir()
-    }
-    present.discard(MANIFEST)
-    for name, expected in manifest.files.items():
-        path = root / name
-        if name not in present or path.is_symlink():
-            raise ReleaseError(f"{name} is listed in {MANIFEST} but missing from the artifact")
-        if sha256_file(path) != expected:
-            raise ReleaseError(f"checksum mismatch for {name}: the artifact was altered")
-    unlisted = sorted(present - set(manifest.files))
-    if unlisted:
-        raise ReleaseError(f"{unlisted[0]} is in the artifact but not in {MANIFEST}")
+def _extract(
+    artifact: Path, staging: Path, limits: Limits, check: Callable[[ArtifactManifest], None]
+) -> ArtifactManifest:
+    try:
+        return extract(artifact, staging, limits, on_manifest=check)
+    except OSError as exc:
+        raise ReleaseError(_os_error(exc, staging)) from None
+
+
+def venv_commands(staging: Path, python: str, wheels: list[Path], tool: str) -> list[list[str]]:
+    """Make the venv, then install exactly these wheels into it: no index, no dependencies."""
+    venv = staging / "venv"
+    files = [str(wheel) for wheel in wheels]
+    if tool == "uv":
+        uv = _uv() or "uv"
+        return [
+            [uv, "venv", "--quiet", "--no-config", "--no-cache", "--python", python, str(venv)],
+            [
+                uv, "pip", "install", "--quiet", "--no-config", "--no-cache", "--offline",
+                "--no-index", "--no-deps", "--no-build", "--python", str(venv / "bin" / "python"),
+                *files,
+            ],
+        ]  # fmt: skip
+    return [
+        [python, "-m", "venv", str(venv)],
+        [
+            str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--isolated",
+            "--disable-pip-version-check", "--no-cache-dir", "--no-index", "--no-deps",
+            "--only-binary", ":all:", *files,
+        ],
+    ]  # fmt: skip
+
+
+def seal_release(staging: Path, store: ReleaseStore, digest: str, uid: int, gid: int) -> Path:
+    """Take the built release over and put it into the store; return its path."""
+    try:
+        seal(staging, uid, gid)
+        shutil.rmtree(staging / "wheels", ignore_errors=True)
+        release = Release.load(staging)  # loadable as it stands, as the arbiter sees it
+        for value in (release.name, release.version):
+            if not SAFE_NAME.match(value):
+                raise ReleaseError(f"the built release's manifest names {value!r}: refused")
+        mark_installed(staging, digest, gid)
+        final = store.releases_dir / f"{release.name}-{release.version}"
+        if final.exists():
+            final = final.with_name(f"{final.name}-{digest[:12]}")
+        staging.rename(final)
+    except OSError as exc:
+        raise ReleaseError(_os_error(exc, staging)) from None
+    return final
+
+
+def run_installer(command: list[str]) -> None:
+    done = subprocess.run(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in order: pip explains on stdout, uv on stderr
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise ReleaseError("the offline install failed:\n" + explanation(command, done))
+
+
+_run = run_installer  # the name build's tests know
 
 
 def find_python(version: str, chosen: str | None = None) -> str:
@@ -135,90 +225,97 @@ def _check_python(python: str, version: str) -> str:
     return python
 
 
-def _installer(choice: str) -> str:
-    uv = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
-    if choice == "auto":
-        return "uv" if uv else "pip"
+def _uv() -> str | None:
+    return shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+
+
+def _installer(choice: str, owner: tuple[int, int] | None) -> str:
+    uv = _uv()
     if choice == "uv" and uv is None:
         raise ReleaseError("uv was asked for but is not installed")
-    return choice
+    if choice != "auto":
+        return choice
+    return "uv" if uv is not None and _runs_as(uv, owner) else "pip"
 
 
-def _build_venv(root: Path, python: str, manifest: ArtifactManifest, tool: str) -> None:
-    venv = root / "venv"
-    wheels = [str(root / wheel) for wheel in manifest.wheels]
-    offline = ["--no-index", "--find-links", str(root / "wheels")]
-    if tool == "uv":
-        uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-        _run([uv, "venv", "--quiet", "--no-config", "--python", python, str(venv)])
-        _run(
-            [
-                uv,
-                "pip",
-                "install",
-                "--quiet",
-                "--no-config",
-                "--offline",
-                "--python",
-                str(venv / "bin" / "python"),
-                *offline,
-                *wheels,
-            ]
+def _runs_as(program: str, owner: tuple[int, int] | None) -> bool:
+    """Whether `owner` (None: we) can run `program`, which may lie where only we can go."""
+    if owner is None:
+        return True
+    try:
+        done = subprocess.run(
+            [program, "--version"],
+            user=owner[0],
+            group=owner[1],
+            extra_groups=[],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+            timeout=30,
         )
-    else:
-        _run([python, "-m", "venv", str(venv)])
-        _run(
-            [
-                str(venv / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                *offline,
-                *wheels,
-            ]
-        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
-def _run(command: list[str]) -> None:
-    done = subprocess.run(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,  # one stream, in order: pip explains on stdout, uv on stderr
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    if done.returncode != 0:
-        raise ReleaseError("the offline install failed:\n" + explanation(command, done))
+def _give(root: Path, uid: int, gid: int) -> None:
+    """The staging dir, which only we wrote, to the user who builds the venv."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+    os.chown(root, uid, gid)
+
+
+def _os_error(exc: OSError, where: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device for {where}"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m beamdeploy_asgi.releases.install")
-    parser.add_argument("artifact", type=Path)
+    parser.add_argument("artifact", type=Path, nargs="?")
+    parser.add_argument("--step", choices=["all", "prepare", "seal"], default="all")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--max-bytes", type=int, default=Limits.max_bytes)
     parser.add_argument("--max-files", type=int, default=Limits.max_files)
     parser.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto")
     parser.add_argument("--python", help="the interpreter to build the venv from")
+    parser.add_argument("--owner", help="UID:GID who builds the venv (prepare)")
+    parser.add_argument("--staging", type=Path, help="the staging dir (seal)")
+    parser.add_argument("--digest", help="the artifact's sha256 (seal)")
+    parser.add_argument("--group", type=int, help="the workers' group (seal)")
     args = parser.parse_args()
 
     def say(message: dict[str, Any]) -> None:
         print(json.dumps(message), flush=True)
 
+    store = ReleaseStore(args.state_dir)
+    limits = Limits(args.max_bytes, args.max_files)
     try:
+        if args.step == "seal":
+            gid = args.group if args.group is not None else os.getegid()
+            final = seal_release(args.staging, store, args.digest, os.geteuid(), gid)
+            say({"result": {"path": str(final), "reused": False}})
+            return
+        if args.artifact is None:
+            parser.error("give the artifact")
+        if args.step == "prepare":
+            owner = tuple(int(part) for part in args.owner.split(":")) if args.owner else None
+            prepared = prepare(
+                args.artifact, store, limits=limits, installer=args.installer,
+                python=args.python, owner=owner, progress=lambda text: say({"progress": text}),
+            )  # fmt: skip
+            say({"result": prepared})
+            return
         path, reused = install(
-            args.artifact,
-            ReleaseStore(args.state_dir),
-            limits=Limits(args.max_bytes, args.max_files),
-            installer=args.installer,
-            python=args.python,
+            args.artifact, store, limits=limits, installer=args.installer, python=args.python,
             progress=lambda text: say({"progress": text}),
-        )
+        )  # fmt: skip
+        say({"result": {"path": str(path), "reused": reused}})
     except ReleaseError as exc:
         say({"error": str(exc)})
         sys.exit(1)
-    say({"result": {"path": str(path), "reused": reused}})
 
 
 if __name__ == "__main__":

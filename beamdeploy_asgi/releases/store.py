@@ -167,6 +167,10 @@ def _installed_at(path: Path) -> float:
         return path.stat().st_mtime
 
 
-def mark_installed(path: Path, digest: str) -> None:
-    (path / DIGEST_FILE).write_text(digest + "\n")
-    (path / INSTALLED_FILE).write_text(f"{time.time()}\n")
+def mark_installed(path: Path, digest: str, gid: int | None = None) -> None:
+    """Record where a release came from and when; readable by group `gid` if given."""
+    for name, text in ((DIGEST_FILE, digest), (INSTALLED_FILE, str(time.time()))):
+        _write_atomically(path / name, text + "\n")
+        if gid is not None:
+            os.chown(path / name, -1, gid)
+            os.chmod(path / name, 0o640)

@@ -47,7 +47,10 @@ def main() -> None:
     try:
         runtime.load_config()
     except SystemExit:
-        channel.send("failed", phase="config", error="the gunicorn configuration did not load")
+        channel.send("failed", phase="config", error=config_failure())
+        sys.exit(BOOT_ERROR)
+    if runtime.config_error:
+        channel.send("failed", phase="config", error=runtime.config_error)
         sys.exit(BOOT_ERROR)
     for path in reversed(spec["pythonpath"]):
         if path not in sys.path:
@@ -72,6 +75,14 @@ def main() -> None:
         runtime.log.info("%s: stopped before serving", runtime.name)
     finally:
         runtime.hook("worker_exit")
+
+
+def config_failure() -> str:
+    """Why gunicorn's configuration did not load, as far as the worker can tell."""
+    cwd = os.getcwd()
+    if not os.access(cwd, os.X_OK):  # gunicorn's own check says only "can't chdir"
+        return f"cannot enter the working directory {cwd} as uid {os.getuid()}: Permission denied"
+    return "the gunicorn configuration did not load (its error is in the log above)"
 
 
 def build_server(runtime: WorkerRuntime) -> WorkerServer:

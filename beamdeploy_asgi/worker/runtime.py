@@ -53,6 +53,7 @@ class WorkerRuntime:
         from beamdeploy_asgi.arbiter.application import BeamApplication
 
         application = BeamApplication(self.spec["argv"], lenient=True)
+        self.config_error = application.chdir_error
         self.cfg = application.cfg
         forget_token(self.cfg)
         self.log = self.cfg.logger_class(self.cfg)

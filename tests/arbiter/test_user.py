@@ -124,20 +124,25 @@ def test_workers_run_as_the_configured_user(shared_dir, artifacts):
         server.stop()
 
 
-def test_a_working_directory_the_user_cannot_reach_is_named(tmp_path, artifacts):
+def test_a_working_directory_the_user_cannot_reach_is_named(tmp_path, shared_dir, artifacts):
     server = ServerProcess(
         tmp_path / "server",  # under pytest's temp dir, which only root may enter
-        ["--workers", "1", "--user", "nobody", "--release", str(artifacts["1.0.0"])],
-    )
+        [
+            "--workers", "1", "--user", "nobody", "--release", str(artifacts["1.0.0"]),
+            "--release-python", python_nobody_can_run(),
+        ],
+    )  # fmt: skip
+    server.state_dir = shared_dir / "state"  # which the workers' user can reach
+    server.command[server.command.index("--state-dir") + 1] = str(server.state_dir)
     try:
         server.start(expect_serving=False)
         assert server.proc.wait(60) != 0
     finally:
         server.stop()
-    log = server.log()
-    assert "Permission denied" in log
-    assert f"the workers run as nobody (uid {NOBODY.pw_uid}, gid {NOBODY.pw_gid}), who must " in log
-    assert f"be able to enter {server.workdir}" in log
+    assert (
+        f"cannot enter the working directory {server.workdir} as uid {NOBODY.pw_uid}: "
+        "Permission denied" in server.log()
+    )
 
 
 @pytest.mark.parametrize(
@@ -161,3 +166,19 @@ def test_unsafe_ownership_is_refused(shared_dir, releases, user, reason):
     finally:
         server.stop()
     assert reason in server.log()
+
+
+def test_a_state_dir_the_user_cannot_reach_is_refused_at_start(tmp_path, artifacts):
+    server = ServerProcess(
+        tmp_path / "server",  # its state dir is under pytest's temp dir, root's alone
+        ["--workers", "1", "--user", "nobody", "--release", str(artifacts["1.0.0"])],
+    )
+    try:
+        server.start(expect_serving=False)
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
+    assert (
+        f"the workers' user (uid {NOBODY.pw_uid}) cannot enter {server.state_dir / 'releases'}"
+        in server.log()
+    )

@@ -19,7 +19,7 @@ import pytest
 
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.collect import check_offline_install
-from tests.support.artifacts import local_package, write_project
+from tests.support.artifacts import local_package, repack, wheel_bytes, write_project
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,33 +142,49 @@ def without_wheel(artifact: Path, prefix: str, out: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("installer", ["uv", "pip"])
-def test_a_failed_install_on_the_host_shows_the_installers_error(
-    tmp_path: Path, artifacts, offline, installer
-):
-    broken = without_wheel(artifacts["1.0.0"], "starlette-", tmp_path / "sample-1.0.0.tar.gz")
+def run_installer(artifact: Path, state: Path, installer: str, env: dict) -> str:
     done = subprocess.run(
         [
             sys.executable,
             "-m",
             "beamdeploy_asgi.releases.install",
-            str(broken),
+            str(artifact),
             "--state-dir",
-            str(tmp_path / "state"),
+            str(state),
             "--installer",
             installer,
         ],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, **offline},
+        env={**os.environ, **env},
     )
     assert done.returncode == 1 and done.stdout, done.stderr
-    error = json.loads(done.stdout.splitlines()[-1])["error"]
+    assert not list((state / "releases").iterdir()), "nothing left in the store"
+    return json.loads(done.stdout.splitlines()[-1])["error"]
+
+
+def test_a_missing_wheel_on_the_host_is_named_before_any_install(
+    tmp_path: Path, artifacts, offline
+):
+    broken = without_wheel(artifacts["1.0.0"], "starlette-", tmp_path / "sample-1.0.0.tar.gz")
+    error = run_installer(broken, tmp_path / "state", "auto", offline)
+    assert error.startswith("the artifact's wheels are not a complete set: ")
+    assert "requires starlette" in error and "bundles no wheel of starlette" in error
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_a_failed_install_on_the_host_shows_the_installers_error(
+    tmp_path: Path, artifacts, offline, installer
+):
+    # Metadata that checks out, for a platform this host is not.
+    foreign = "wheels/oddplat-1.0-cp311-cp311-win_amd64.whl"
+    wheel = wheel_bytes("oddplat", "1.0", {"oddplat/__init__.py": ""}, [])
+    artifact = repack(artifacts["1.0.0"], tmp_path / "sample-1.0.0.tar.gz", {foreign: wheel})
+    error = run_installer(artifact, tmp_path / "state", installer, offline)
     header, _, cause = error.partition("\n")
     assert header == "the offline install failed:"
-    assert "starlette" in cause, error  # the installer's own words, not an empty cause
-    assert not list((tmp_path / "state" / "releases").iterdir())
+    assert "oddplat" in cause, error  # the installer's own words, not an empty cause
 
 
 def test_an_installer_failing_silently_is_named_with_its_exit_code():

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import subprocess
+import tarfile
 import textwrap
+import zipfile
 from pathlib import Path
 
 from uv import find_uv_bin
 
 from beamdeploy_asgi.releases.build import build
+from beamdeploy_asgi.releases.release import MANIFEST
 
 SAMPLE_APP = """
 import asyncio, os
@@ -116,3 +122,59 @@ class Artifacts:
             app.write_text(app.read_text() + '\nraise RuntimeError("broken at import")\n')
             self.built[key] = build(project, self.root / "broken-dist", progress=lambda _: None)
         return self.built[key]
+
+
+def wheel_bytes(name: str, version: str, files: dict[str, str], requires: list[str]) -> bytes:
+    """A minimal, valid pure-Python wheel with `files` and Requires-Dist `requires`."""
+    info = f"{name}-{version}.dist-info"
+    contents = dict(files)
+    contents[f"{info}/METADATA"] = (
+        "\n".join(
+            ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+            + [f"Requires-Dist: {r}" for r in requires]
+        )
+        + "\n"
+    )
+    contents[f"{info}/WHEEL"] = (
+        "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = []
+    for path, text in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    contents[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path, text in contents.items():
+            archive.writestr(path, text)
+    return buffer.getvalue()
+
+
+def repack(artifact: Path, out: Path, extra: dict[str, bytes]) -> Path:
+    """`artifact` with `extra` files added and listed in its manifest, manifest first."""
+    with tarfile.open(artifact) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+    manifest = json.loads(files.pop(MANIFEST))
+    files.update(extra)
+    manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w:gz") as tar:
+        _add(tar, MANIFEST, json.dumps(manifest).encode())
+        made: set[str] = set()
+        for name in sorted(files):
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder not in made:
+                    made.add(folder)
+                    info = tarfile.TarInfo(folder)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            _add(tar, name, files[name])
+    return out
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
