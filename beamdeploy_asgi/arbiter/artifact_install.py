@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from beamdeploy_asgi.arbiter.spawn import worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
+from beamdeploy_asgi.releases.disk import disk_full
 
 INSTALL_TIMEOUT = 900.0
 INSTALLER = [sys.executable, "-m", "beamdeploy_asgi.releases.install"]
@@ -99,8 +101,11 @@ class ArtifactInstall:
 
     def _built(self, task: Task) -> None:
         if task.returncode != 0:
+            full = disk_full(Path(self.staging)) if self.staging else None
             self._remove_staging()
             cause = died(task, " ".join(task.argv[:3]))
+            if full:
+                cause = f"{full}: {cause}"
             if self.owner:
                 first, _, rest = cause.partition("\n")
                 cause = (

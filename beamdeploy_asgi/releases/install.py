@@ -34,6 +34,7 @@ from typing import Any
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.build import sha256_file
 from beamdeploy_asgi.releases.collect import explanation
+from beamdeploy_asgi.releases.disk import disk_full
 from beamdeploy_asgi.releases.manifest import SAFE_NAME, ArtifactManifest, this_platform
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.seal import seal
@@ -62,7 +63,7 @@ def install(
     staging = Path(prepared["staging"])
     try:
         for command in prepared["commands"]:
-            run_installer(command)
+            run_installer(command, staging)
         final = seal_release(staging, store, prepared["digest"], os.geteuid(), os.getegid())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -176,7 +177,7 @@ def seal_release(staging: Path, store: ReleaseStore, digest: str, uid: int, gid:
     return final
 
 
-def run_installer(command: list[str]) -> None:
+def run_installer(command: list[str], where: Path | None = None) -> None:
     done = subprocess.run(
         command,
         stdout=subprocess.PIPE,
@@ -185,7 +186,9 @@ def run_installer(command: list[str]) -> None:
         stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
-        raise ReleaseError("the offline install failed:\n" + explanation(command, done))
+        full = disk_full(where) if where is not None else None
+        lead = f"the offline install failed: {full}" if full else "the offline install failed:"
+        raise ReleaseError(lead + "\n" + explanation(command, done))
 
 
 _run = run_installer  # the name build's tests know

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,22 @@ def test_loose_state_dir_modes_are_tightened_and_stale_uploads_removed(serve, re
     log = server.log()
     assert f"{state} was mode 777; tightened to 700" in log
     assert "removing stale upload" in log
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_an_install_on_a_full_disk_says_so(artifacts, tmp_path: Path, installer: str):
+    mount = tmp_path / "three-mb-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "beamdeploy_asgi.releases.install", str(artifacts["1.0.0"]),
+             "--state-dir", str(mount / "state"), "--installer", installer],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 1
+        error = json.loads(done.stdout.splitlines()[-1])["error"]
+        assert error.startswith("the offline install failed: no space left on device for "), error
+        assert list((mount / "state" / "releases").iterdir()) == [], "nothing left behind"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
