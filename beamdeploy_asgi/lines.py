@@ -8,6 +8,7 @@ than buffered without end.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 MAX_LINE = 1024 * 1024
@@ -62,3 +63,19 @@ def parse_object(line: bytes) -> dict[str, Any] | None:
 
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def send_some(sock: socket.socket, outbox: bytearray) -> bool:
+    """Write what a non-blocking `sock` takes now, removing it from `outbox`.
+
+    False once the peer is gone (what is left in `outbox` will never go).
+    """
+    while outbox:
+        try:
+            sent = sock.send(outbox)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        del outbox[:sent]
+    return True

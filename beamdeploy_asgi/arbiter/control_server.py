@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object
+from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object, send_some
 
 Handler = Callable[[dict[str, Any], "ControlConnection"], None]
 
@@ -23,7 +23,7 @@ class ControlConnection:
         self.sock = sock
         self.server = server
         self.reader = LineBuffer()
-        self.outbox = b""
+        self.outbox = bytearray()
         self.handled = False
         self.closing = False
         self.closed = False
@@ -77,15 +77,9 @@ class ControlConnection:
         self._flush()
 
     def _flush(self) -> None:
-        while self.outbox:
-            try:
-                sent = self.sock.send(self.outbox)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.close()
-                return
-            self.outbox = self.outbox[sent:]
+        if not send_some(self.sock, self.outbox):
+            self.close()
+            return
         if not self.outbox and self.closing:
             self.close()
             return

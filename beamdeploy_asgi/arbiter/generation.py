@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.workers.workertmp import WorkerTmp
 
-from beamdeploy_asgi.lines import LineBuffer, encode
+from beamdeploy_asgi.lines import LineBuffer, encode, send_some
 from beamdeploy_asgi.releases.release import Release
 
 MAX_OUTBOX = 8 * 1024 * 1024  # replies queued for a worker that does not read
@@ -73,15 +73,8 @@ class WorkerProcess:
         return True
 
     def flush(self) -> None:
-        while self.outbox:
-            try:
-                sent = self.channel.send(self.outbox)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.outbox.clear()
-                break
-            del self.outbox[:sent]
+        if not send_some(self.channel, self.outbox):
+            self.outbox.clear()
         if self.selector is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
             try:
