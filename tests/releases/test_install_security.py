@@ -178,3 +178,39 @@ def test_under_user_the_venv_is_built_as_that_user_and_sealed_as_root(shared_dir
                 assert not info.st_mode & 0o022, f"{path} is writable by group or others"
     finally:
         server.stop()
+
+
+def test_every_hostile_artifact_leaves_the_serving_generation_untouched(
+    serve, artifacts, tmp_path: Path, fetch_log, offline
+):
+    url, seen = fetch_log
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    base = artifacts["1.1.0"]
+    hostile = {
+        "direct reference": (
+            {"wheels/f-1.0-py3-none-any.whl": wheel_bytes("f", "1.0", {}, [f"e @ {url}/e.tgz"])},
+            "a direct reference",
+        ),
+        "incomplete": (
+            {"wheels/n-1.0-py3-none-any.whl": wheel_bytes("n", "1.0", {}, ["absent"])},
+            "bundles no wheel of absent",
+        ),
+        "venv member": (
+            {"venv/lib/python3.11/site-packages/x.pth": b"import os; os.mkdir(%r)\n"
+             % str(markers / "ran").encode()},
+            "venv/lib/python3.11/site-packages/x.pth",
+        ),
+    }  # fmt: skip
+    server = serve("--workers", "2", "--release", str(artifacts["1.0.0"]), env=offline)
+    pids = server.serving_pids()
+    for name, (extra, expected) in hostile.items():
+        artifact = repack(base, tmp_path / name.replace(" ", "-") / "sample-1.1.0.tar.gz", extra)
+        upgrade = server.cli("upgrade", str(artifact))
+        assert upgrade.returncode == 1, name
+        assert expected in upgrade.stderr, upgrade.stderr
+        assert server.serving_pids() == pids, f"{name}: the serving generation changed"
+        assert httpx.get(server.url).text.startswith("1.0.0 sample")
+    assert seen == [] and list(markers.iterdir()) == []
+    store = server.state_dir / "releases"
+    assert [p.name for p in store.iterdir()] == ["sample-1.0.0"], "nothing of theirs was kept"
