@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from beamdeploy_asgi.admin import admin_app
 from beamdeploy_asgi.api import (
     current_release,
@@ -20,9 +18,11 @@ from beamdeploy_asgi.errors import (
     NotEnabledError,
     ReleaseError,
 )
+from beamdeploy_asgi.version import __version__
 from beamdeploy_asgi.worker.gunicorn_worker import Worker
 
 __all__ = [
+    "__version__",
     "BeamDeployError",
     "ControlError",
     "DeploymentFailed",

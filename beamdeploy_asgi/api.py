@@ -13,8 +13,13 @@ from typing import Any
 
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import DeploymentFailed, NotEnabledError
-
-CONTROL_ENV = "BEAMDEPLOY_CONTROL"
+from beamdeploy_asgi.protocol import (
+    CONTROL_ENV,
+    rollback_request,
+    simple_request,
+    state_dir_path,
+    upgrade_request,
+)
 
 
 def enabled() -> bool:
@@ -24,7 +29,7 @@ def enabled() -> bool:
 
 def _client(state_dir: str | os.PathLike[str] | None) -> ControlClient:
     if state_dir is not None:
-        return ControlClient(socket_path(os.path.abspath(os.fspath(state_dir))))
+        return ControlClient(socket_path(state_dir_path(os.fspath(state_dir))))
     path = os.environ.get(CONTROL_ENV)
     if not path:
         raise NotEnabledError()
@@ -33,7 +38,7 @@ def _client(state_dir: str | os.PathLike[str] | None) -> ControlClient:
 
 def status(*, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Serving and draining generations, their workers, and recent deployments."""
-    return _client(state_dir).request({"op": "status"})
+    return _client(state_dir).request(simple_request("status"))
 
 
 def current_release(*, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
@@ -62,7 +67,7 @@ def upgrade(
     cause if it could not be promoted. Without it, it returns the deployment
     as soon as it started. Blocking: from async code, call it in a thread.
     """
-    request = {"op": "upgrade", "release": os.path.abspath(os.fspath(release)), "follow": wait}
+    request = upgrade_request(os.path.abspath(os.fspath(release)), follow=wait)
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)
@@ -81,9 +86,7 @@ def rollback(
 
     `to` picks any kept release by version instead. Raises like upgrade().
     """
-    request: dict[str, Any] = {"op": "rollback", "follow": wait}
-    if to is not None:
-        request["to"] = to
+    request = rollback_request(to, follow=wait)
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)

@@ -9,9 +9,15 @@ import sys
 import time
 from typing import Any
 
-from beamdeploy_asgi import __version__
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.protocol import (
+    rollback_request,
+    simple_request,
+    state_dir_path,
+    upgrade_request,
+)
+from beamdeploy_asgi.version import __version__
 
 DESCRIPTION = "Zero-downtime deploys of ASGI apps under a long-lived gunicorn arbiter."
 STATE_DIR_HELP = (
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(args)
     if options.command == "build":
         sys.exit(run_build(options))
-    client = ControlClient(socket_path(state_dir(options.state_dir)))
+    client = ControlClient(socket_path(state_dir_path(options.state_dir)))
     try:
         code = options.run(client, options)
     except ControlError as exc:
@@ -224,24 +230,13 @@ def run_build(options: argparse.Namespace) -> int:
     return 0
 
 
-def state_dir(given: str | None) -> str:
-    chosen = given or os.environ.get("BEAMDEPLOY_STATE_DIR") or ".beamdeploy"
-    return os.path.abspath(chosen)
-
-
 def run_upgrade(client: ControlClient, options: argparse.Namespace) -> int:
-    request = {
-        "op": "upgrade",
-        "release": os.path.abspath(options.release),
-        "follow": not options.no_wait,
-    }
+    request = upgrade_request(os.path.abspath(options.release), follow=not options.no_wait)
     return follow_deployment(client, request, options)
 
 
 def run_rollback(client: ControlClient, options: argparse.Namespace) -> int:
-    request = {"op": "rollback", "follow": not options.no_wait}
-    if options.to:
-        request["to"] = options.to
+    request = rollback_request(options.to or None, follow=not options.no_wait)
     return follow_deployment(client, request, options)
 
 
@@ -265,7 +260,7 @@ def follow_deployment(client: ControlClient, request: dict, options: argparse.Na
 
 
 def run_releases(client: ControlClient, options: argparse.Namespace) -> int:
-    listed = client.request({"op": "releases"})
+    listed = client.request(simple_request("releases"))
     if options.json:
         print(json.dumps(listed, indent=2))
     else:
@@ -302,7 +297,7 @@ def format_releases(listed: dict[str, Any]) -> str:
 
 
 def run_status(client: ControlClient, options: argparse.Namespace) -> int:
-    status = client.request({"op": "status"})
+    status = client.request(simple_request("status"))
     if options.json:
         print(json.dumps(status, indent=2))
     else:

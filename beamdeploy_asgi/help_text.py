@@ -15,8 +15,8 @@ from typing import Any
 
 import gunicorn
 
-from beamdeploy_asgi import __version__
 from beamdeploy_asgi.settings import SECTION
+from beamdeploy_asgi.version import __version__
 
 ROLE = re.compile(r":[\w:-]+:`([^`<]*?)\s*(?:<[^`>]*>)?`")
 LITERAL = re.compile(r"``(.+?)``")

@@ -12,8 +12,9 @@ from typing import Any
 
 from gunicorn import config as gconfig
 
+from beamdeploy_asgi.protocol import TOKEN_ENV, state_dir_path
+
 SECTION = "BeamDeploy"
-TOKEN_ENV = "BEAMDEPLOY_TOKEN"
 MIN_TOKEN_LENGTH = 16
 
 
@@ -187,8 +188,7 @@ class LimitConcurrency(gconfig.Setting):
 
 def state_dir(cfg: Any) -> str:
     """Where the control socket lives, resolved against the arbiter's cwd."""
-    chosen = cfg.state_dir or os.environ.get("BEAMDEPLOY_STATE_DIR") or ".beamdeploy"
-    return os.path.realpath(os.path.expanduser(chosen))
+    return state_dir_path(cfg.state_dir)
 
 
 def _admin_prefix(value: Any) -> str | None:

@@ -26,6 +26,12 @@ from beamdeploy_asgi.admin.uploads import (
     uploads_dir,
 )
 from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.protocol import (
+    deployment_request,
+    rollback_request,
+    simple_request,
+    upgrade_request,
+)
 from beamdeploy_asgi.worker import runtime as worker_runtime
 
 MAX_JSON_BODY = 64 * 1024
@@ -114,22 +120,22 @@ async def health(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
-    return JSONResponse(await _ask(request, {"op": "status"}))
+    return JSONResponse(await _ask(request, simple_request("status")))
 
 
 async def deployments(request: Request) -> Response:
-    return JSONResponse(await _ask(request, {"op": "deployments"}))
+    return JSONResponse(await _ask(request, simple_request("deployments")))
 
 
 async def deployment(request: Request) -> Response:
-    return JSONResponse(await _ask(request, {"op": "deployment", "id": request.path_params["id"]}))
+    return JSONResponse(await _ask(request, deployment_request(request.path_params["id"])))
 
 
 async def deployment_events(request: Request) -> Response:
     deployment_id = request.path_params["id"]
-    await _ask(request, {"op": "deployment", "id": deployment_id})  # 404 before the stream
+    await _ask(request, deployment_request(deployment_id))  # 404 before the stream
     return StreamingResponse(
-        _server_sent_events(request, {"op": "deployment", "id": deployment_id, "follow": True}),
+        _server_sent_events(request, deployment_request(deployment_id, follow=True)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
     )
@@ -165,7 +171,7 @@ async def upgrade(request: Request) -> Response:
             f"application/gzip, not {content_type or 'no content type'}",
         )
     release = _confined(await _json_release(request), runtime.cfg.release_dirs)
-    return await _deploy(request, {"op": "upgrade", "release": str(release), "follow": wait}, wait)
+    return await _deploy(request, upgrade_request(str(release), follow=wait), wait)
 
 
 async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Response:
@@ -177,7 +183,7 @@ async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Respon
     """
     refuse_oversized(request, cfg.max_upload_size)
     with UploadSlot(uploads_dir()) as slot:
-        if (await _ask(request, {"op": "ping"})).get("upgrading"):
+        if (await _ask(request, simple_request("ping"))).get("upgrading"):
             raise AdminError(
                 409,
                 "upgrade in progress: a deployment is running; try again when it has ended",
@@ -191,7 +197,7 @@ async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Respon
             idle=cfg.header_timeout,
             total=cfg.upload_timeout,
         )
-        message = {"op": "upgrade", "release": str(upload), "follow": wait, "remove_after": True}
+        message = upgrade_request(str(upload), follow=wait, remove_after=True)
         handed_over = False
 
         def hand_over() -> None:  # the arbiter installs it, then removes it
@@ -208,7 +214,7 @@ async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Respon
 
 async def rollback(request: Request) -> Response:
     wait = _flag(request.query_params.get("wait"), "wait")
-    message: dict[str, Any] = {"op": "rollback", "follow": wait}
+    to = None
     body = await read_limited(request, MAX_JSON_BODY)
     if body.strip():
         try:
@@ -221,8 +227,7 @@ async def rollback(request: Request) -> Response:
         if to is not None:
             if not isinstance(to, str) or not to:
                 raise AdminError(400, "'to' must be a release version")
-            message["to"] = to
-    return await _deploy(request, message, wait)
+    return await _deploy(request, rollback_request(to, follow=wait), wait)
 
 
 async def _deploy(

@@ -13,6 +13,7 @@ from typing import Any
 
 from beamdeploy_asgi.admin.errors import error_response
 from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.protocol import simple_request
 from beamdeploy_asgi.worker import runtime as worker_runtime
 
 PUBLIC = "/health"
@@ -79,7 +80,7 @@ class AdminGate:
         why = "no token"
         if given is not None:
             try:
-                await runtime.requests.request({"op": "auth"}, given)
+                await runtime.requests.request(simple_request("auth"), given)
             except ControlError as exc:
                 if exc.code != "unauthorized":
                     return error_response(503, "unavailable", exc.detail), None

@@ -14,6 +14,7 @@ from types import TracebackType
 from starlette.requests import ClientDisconnect, Request
 
 from beamdeploy_asgi.admin.errors import AdminError
+from beamdeploy_asgi.protocol import CONTROL_ENV
 from beamdeploy_asgi.releases.store import ReleaseStore
 
 ARTIFACT_TYPES = ("application/gzip", "application/x-gzip")
@@ -24,7 +25,7 @@ CLOSE = {"Connection": "close"}
 
 def uploads_dir() -> Path:
     """STATE_DIR/uploads: the control socket lives in STATE_DIR."""
-    return ReleaseStore(Path(os.environ["BEAMDEPLOY_CONTROL"]).parent).uploads_dir
+    return ReleaseStore(Path(os.environ[CONTROL_ENV]).parent).uploads_dir
 
 
 class UploadSlot:

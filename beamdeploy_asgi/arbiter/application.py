@@ -21,6 +21,7 @@ from gunicorn.errors import ConfigError
 import beamdeploy_asgi.settings  # noqa: F401  (registers beamdeploy's settings)
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.help_text import readable_parser
+from beamdeploy_asgi.protocol import DAEMONIZED_ENV
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import admin_token, state_dir, token_problem
@@ -205,9 +206,9 @@ class BeamApplication(Application):
         if self.cfg.print_config or self.cfg.check_config:
             print(f"first release: {release}")
             sys.exit(0)
-        if self.cfg.daemon and not os.environ.get("BEAMDEPLOY_DAEMONIZED"):
+        if self.cfg.daemon and not os.environ.get(DAEMONIZED_ENV):
             util.daemonize(self.cfg.enable_stdio_inheritance)
-            os.environ["BEAMDEPLOY_DAEMONIZED"] = "1"
+            os.environ[DAEMONIZED_ENV] = "1"
 
         from beamdeploy_asgi.arbiter.arbiter import BeamArbiter
 

@@ -29,7 +29,6 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
-from beamdeploy_asgi import __version__
 from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlServer
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.deployments import Deployments
@@ -52,9 +51,18 @@ from beamdeploy_asgi.arbiter.worker_requests import WorkerConnection, parse_requ
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.lines import LineTooLong, parse_object
+from beamdeploy_asgi.protocol import (
+    PROTOCOL_VERSION,
+    TOKEN_ENV,
+    Command,
+    Event,
+    mismatch,
+    simple_request,
+)
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
-from beamdeploy_asgi.settings import TOKEN_ENV, admin_token, state_dir
+from beamdeploy_asgi.settings import admin_token, state_dir
+from beamdeploy_asgi.version import __version__
 
 STOP_TIMEOUT = 5.0  # a worker told to stop before it served gets this long
 ABORT_GRACE = 2.0  # a worker sent SIGABRT for a missed heartbeat gets this long to exit
@@ -200,7 +208,7 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         self._prepare_state_dir()
         if os.path.exists(self.control_path):
             try:
-                ControlClient(self.control_path, timeout=2).request({"op": "ping"})
+                ControlClient(self.control_path, timeout=2).request(simple_request("ping"))
             except ControlError as exc:
                 if exc.code != "not_running":
                     raise HaltServer(f"cannot use {self.control_path}: {exc.detail}", 1) from None
@@ -473,22 +481,26 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
     def on_worker_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         event = message.get("event")
         generation = worker.generation
-        if event == "ready" and worker.state is WorkerState.BOOTING:
+        if event == Event.READY and worker.state is WorkerState.BOOTING:
+            protocol = message.get("protocol", PROTOCOL_VERSION)  # older workers do not say
+            if protocol != PROTOCOL_VERSION:
+                self.reject_worker(worker, mismatch(protocol, f"worker {worker.pid}"))
+                return
             worker.state = WorkerState.READY
             app_file = message.get("app_file")
             if isinstance(app_file, str) and len(app_file) <= MAX_PATH:
                 worker.app_file = app_file
             self.log.info("%s: worker %s is ready", generation, worker.pid)
             if generation is self.serving:
-                worker.send({"cmd": "serve"})
+                worker.send({"cmd": Command.SERVE})
             elif self.deployment is not None and generation is self.deployment.target:
                 self.deployment_progress()
-        elif event == "serving" and worker.state is WorkerState.READY:
+        elif event == Event.SERVING and worker.state is WorkerState.READY:
             worker.state = WorkerState.SERVING
             worker.serving_since = time.monotonic()
             if self.deployment is not None and generation is self.deployment.target:
                 self.deployment_progress()
-        elif event == "draining":
+        elif event == Event.DRAINING:
             if generation.state is GenerationState.BOOTING:
                 # Stopping before its generation was promoted: it never will be.
                 cause = f"worker {worker.pid} stopped before its generation was promoted"
@@ -502,9 +514,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 self._begin_drain(worker, signal_it=False)
             worker.stopped_accepting = True
             self.deployment_progress()
-        elif event == "admin":
+        elif event == Event.ADMIN:
             self.worker_request(worker, message)
-        elif event == "failed":
+        elif event == Event.FAILED:
             cause = str(message.get("error") or "worker failed")
             worker.failure = cause
             self.log.error(

@@ -28,7 +28,7 @@ from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, Work
 from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
 from beamdeploy_asgi.errors import ReleaseError
-from beamdeploy_asgi.releases.preflight import RELEASE_ENV
+from beamdeploy_asgi.protocol import RELEASE_PATH_ENV, Command
 from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 from beamdeploy_asgi.releases.release import Release
 
@@ -125,7 +125,7 @@ class Deployments:
         if release.path is not None:
             env = release_environment(env)
             env["VIRTUAL_ENV"] = os.path.join(release.path, "venv")
-            env[RELEASE_ENV] = release.path
+            env[RELEASE_PATH_ENV] = release.path
         self._start_task(
             "preflight",
             [
@@ -204,7 +204,7 @@ class Deployments:
                 deployment.timings["boot"] = time.time() - deployment.booting_since
                 deployment.record("promoting", f"promoting {target}")
                 for worker in target.workers.values():
-                    worker.send({"cmd": "serve"})
+                    worker.send({"cmd": Command.SERVE})
         elif deployment.phase == "promoting":
             if len(target.in_state(WorkerState.SERVING)) == target.size:
                 self.promote(deployment)

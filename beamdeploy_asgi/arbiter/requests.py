@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from beamdeploy_asgi import __version__
 from beamdeploy_asgi.arbiter.control_server import ControlConnection
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import GenerationState
 from beamdeploy_asgi.arbiter.listeners import describe
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
+from beamdeploy_asgi.version import __version__
 
 
 class ControlRequests:

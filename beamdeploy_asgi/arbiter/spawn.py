@@ -8,7 +8,6 @@ channel as inherited file descriptors, described in ``BEAMDEPLOY_WORKER``.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import socket
@@ -18,11 +17,9 @@ from typing import Any
 from gunicorn.workers.workertmp import WorkerTmp
 
 from beamdeploy_asgi.arbiter.generation import Generation, WorkerProcess
+from beamdeploy_asgi.protocol import CONTROL_ENV, SPEC_ENV, WorkerSpec
 from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 
-SPEC_ENV = "BEAMDEPLOY_WORKER"
-CONTROL_ENV = "BEAMDEPLOY_CONTROL"
-PROTOCOL = 1
 # Settings that only the arbiter uses; every one of them takes a value.
 ARBITER_ONLY = (
     "release",
@@ -48,31 +45,30 @@ def spawn_worker(
     heartbeat = WorkerTmp(cfg)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        spec = {
-            "protocol": PROTOCOL,
-            "generation": generation.number,
-            "age": age,
-            "arbiter_pid": os.getpid(),
-            "release": release.describe(),
-            "from_environment": release.path is None,
-            "pythonpath": list(release.pythonpath),
-            "argv": worker_argv(argv, cfg),
-            "listeners": [sock.fileno() for sock in listeners],
-            "heartbeat_fd": heartbeat.fileno(),
-            "channel_fd": theirs.fileno(),
-            "admin": admin,  # whether a token is set; the token itself stays here
-        }
+        spec = WorkerSpec(
+            generation=generation.number,
+            age=age,
+            arbiter_pid=os.getpid(),
+            release=release.describe(),
+            from_environment=release.path is None,
+            pythonpath=list(release.pythonpath),
+            argv=worker_argv(argv, cfg),
+            listeners=[sock.fileno() for sock in listeners],
+            heartbeat_fd=heartbeat.fileno(),
+            channel_fd=theirs.fileno(),
+            admin=admin,
+        )
         env = dict(os.environ)
         if release.path is not None:
             env = release_environment(env)
             venv = os.path.join(release.path, "venv")
             env["VIRTUAL_ENV"] = venv
             env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")
-        env[SPEC_ENV] = json.dumps(spec)
+        env[SPEC_ENV] = spec.to_json()
         env[CONTROL_ENV] = control_path
         proc = subprocess.Popen(
             [release.python, *bootstrap("beamdeploy_asgi.worker")],
-            pass_fds=[*spec["listeners"], heartbeat.fileno(), theirs.fileno()],
+            pass_fds=[*spec.listeners, heartbeat.fileno(), theirs.fileno()],
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,

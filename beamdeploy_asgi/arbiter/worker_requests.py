@@ -12,6 +12,7 @@ import hmac
 from typing import Any
 
 from beamdeploy_asgi.arbiter.generation import WorkerProcess
+from beamdeploy_asgi.protocol import Command
 
 MAX_TOKEN = 4096
 
@@ -27,7 +28,7 @@ class WorkerConnection:
     def send(self, message: dict[str, Any], last: bool = False) -> None:
         if self.closed:
             return
-        delivered = self.worker.send({"cmd": "admin", "id": self.request_id, **message})
+        delivered = self.worker.send({"cmd": Command.ADMIN, "id": self.request_id, **message})
         self.closed = last or not delivered
 
     def reply(self, result: dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from beamdeploy_asgi import __version__
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.collect import (
     check_offline_install,
@@ -49,6 +48,7 @@ from beamdeploy_asgi.releases.requirements import (
     requirements_file,
     wheel_requirements,
 )
+from beamdeploy_asgi.version import __version__
 
 Progress = Callable[[str], None]
 REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")

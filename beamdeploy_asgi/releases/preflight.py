@@ -13,9 +13,8 @@ import os
 import sys
 import traceback
 
+from beamdeploy_asgi.protocol import RELEASE_PATH_ENV
 from beamdeploy_asgi.releases import provenance
-
-RELEASE_ENV = "BEAMDEPLOY_RELEASE_PATH"
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
             flush=True,
         )
         sys.exit(1)
-    release_path = os.environ.get(RELEASE_ENV)
+    release_path = os.environ.get(RELEASE_PATH_ENV)
     if release_path:
         try:
             provenance.check(app, release_path)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.protocol import Event
 from beamdeploy_asgi.worker.channel import Channel
 
 REPLY_TIMEOUT = 30.0  # for requests that are answered at once (not followed)
@@ -41,7 +42,7 @@ class ArbiterRequests:
         self.pending[request_id] = queue
         timeout = None if request.get("follow") else REPLY_TIMEOUT
         try:
-            self.channel.send("admin", id=request_id, token=token, request=request)
+            self.channel.send(Event.ADMIN, id=request_id, token=token, request=request)
             while True:
                 try:
                     reply = await asyncio.wait_for(queue.get(), timeout)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object
+from beamdeploy_asgi.protocol import Event
 
 
 class Channel:
@@ -20,8 +21,8 @@ class Channel:
         self.sock = socket.socket(fileno=fd)
         self.reader = LineBuffer()
 
-    def send(self, event: str, **fields: Any) -> None:
-        line = encode({"event": event, **fields})
+    def send(self, event: Event, **fields: Any) -> None:
+        line = encode({"event": event.value, **fields})
         try:
             self.sock.sendall(line)
         except OSError:

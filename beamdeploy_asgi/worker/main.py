@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 import signal
 import socket
@@ -24,6 +23,15 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from beamdeploy_asgi.admin import app as admin_app
 from beamdeploy_asgi.admin.mount import AdminMount
+from beamdeploy_asgi.protocol import (
+    GENERATION_ENV,
+    RELEASE_NAME_ENV,
+    RELEASE_VERSION_ENV,
+    SPEC_ENV,
+    Event,
+    ProtocolMismatch,
+    WorkerSpec,
+)
 from beamdeploy_asgi.releases import provenance
 from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
@@ -31,28 +39,32 @@ from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
 from beamdeploy_asgi.worker.runtime import WorkerRuntime, set_current
 from beamdeploy_asgi.worker.server import WorkerServer
 
-SPEC_ENV = "BEAMDEPLOY_WORKER"
 BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR
 APP_LOAD_ERROR = 4  # gunicorn's APP_LOAD_ERROR
 
 
 def main() -> None:
-    spec = json.loads(os.environ.pop(SPEC_ENV))
-    channel = Channel(spec["channel_fd"])
+    spec = WorkerSpec.from_json(os.environ.pop(SPEC_ENV))
+    channel = Channel(spec.channel_fd)
+    try:
+        spec.check_protocol()
+    except ProtocolMismatch as exc:
+        channel.send(Event.FAILED, phase="protocol", error=str(exc))
+        sys.exit(BOOT_ERROR)
     runtime = WorkerRuntime(spec, channel)
     set_current(runtime)
-    os.environ["BEAMDEPLOY_GENERATION"] = str(spec["generation"])
-    os.environ["BEAMDEPLOY_RELEASE_NAME"] = spec["release"]["name"]
-    os.environ["BEAMDEPLOY_RELEASE_VERSION"] = spec["release"]["version"]
+    os.environ[GENERATION_ENV] = str(spec.generation)
+    os.environ[RELEASE_NAME_ENV] = spec.release["name"]
+    os.environ[RELEASE_VERSION_ENV] = spec.release["version"]
     try:
         runtime.load_config()
     except SystemExit:
-        channel.send("failed", phase="config", error=config_failure())
+        channel.send(Event.FAILED, phase="config", error=config_failure())
         sys.exit(BOOT_ERROR)
     if runtime.config_error:
-        channel.send("failed", phase="config", error=runtime.config_error)
+        channel.send(Event.FAILED, phase="config", error=runtime.config_error)
         sys.exit(BOOT_ERROR)
-    for path in reversed(spec["pythonpath"]):
+    for path in reversed(spec.pythonpath):
         if path not in sys.path:
             sys.path.insert(0, path)
     configure_logging(runtime)
@@ -63,7 +75,7 @@ def main() -> None:
     except BootFailure as failure:
         report(runtime, failure)
         sys.exit(APP_LOAD_ERROR)
-    sockets = [socket.socket(fileno=fd) for fd in spec["listeners"]]
+    sockets = [socket.socket(fileno=fd) for fd in spec.listeners]
     signal.signal(signal.SIGABRT, lambda *_: abort(runtime))
     try:
         runtime.hook("post_worker_init")
@@ -196,5 +208,5 @@ def report(runtime: WorkerRuntime, failure: BootFailure) -> None:
     if failure.traceback:
         sys.stderr.write(failure.traceback + "\n")
     runtime.channel.send(
-        "failed", phase=failure.phase, error=failure.message, traceback=failure.traceback
+        Event.FAILED, phase=failure.phase, error=failure.message, traceback=failure.traceback
     )

@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any
 
-from beamdeploy_asgi.settings import TOKEN_ENV, Secret
+from beamdeploy_asgi.protocol import TOKEN_ENV, WorkerSpec
+from beamdeploy_asgi.settings import Secret
 from beamdeploy_asgi.worker.arbiter_requests import ArbiterRequests
 from beamdeploy_asgi.worker.channel import Channel
 
@@ -28,13 +29,13 @@ def set_current(runtime: WorkerRuntime) -> None:
 class WorkerRuntime:
     """What the server, the drain middleware and the hooks share in a worker."""
 
-    def __init__(self, spec: dict[str, Any], channel: Channel) -> None:
+    def __init__(self, spec: WorkerSpec, channel: Channel) -> None:
         self.spec = spec
         self.channel = channel
         self.pid = os.getpid()
-        self.age = spec["age"]
-        self.generation = spec["generation"]
-        self.release = spec["release"]
+        self.age = spec.age
+        self.generation = spec.generation
+        self.release = spec.release
         self.name = (
             f"generation {self.generation} ({self.release['name']} "
             f"{self.release['version']}) worker {self.pid}"
@@ -45,14 +46,14 @@ class WorkerRuntime:
         self.heartbeat_task: asyncio.Task[None] | None = None
         self.boot_deadline = 0.0
         self.app_file: str | None = None
-        self.admin_enabled = bool(spec.get("admin"))  # a token is set (in the arbiter)
+        self.admin_enabled = spec.admin  # a token is set (in the arbiter)
         self.requests = ArbiterRequests(channel)
 
     def load_config(self) -> None:
-        from beamdeploy_asgi import __version__
         from beamdeploy_asgi.arbiter.application import BeamApplication
+        from beamdeploy_asgi.version import __version__
 
-        application = BeamApplication(self.spec["argv"], lenient=True)
+        application = BeamApplication(self.spec.argv, lenient=True)
         self.config_error = application.chdir_error
         self.cfg = application.cfg
         forget_token(self.cfg)
@@ -89,7 +90,7 @@ class WorkerRuntime:
         self.log.reopen_files()
 
     def start_heartbeat(self) -> None:
-        fd = self.spec["heartbeat_fd"]
+        fd = self.spec.heartbeat_fd
         interval = min(1.0, self.timeout / 4) if self.timeout else 1.0
 
         async def beat() -> None:

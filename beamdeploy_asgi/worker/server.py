@@ -23,6 +23,7 @@ from typing import Any
 
 import uvicorn
 
+from beamdeploy_asgi.protocol import PROTOCOL_VERSION, Command, Event
 from beamdeploy_asgi.worker.drain import is_websocket, unread_bytes
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
 from beamdeploy_asgi.worker.header_timeout import HeaderTimeout
@@ -86,9 +87,9 @@ class WorkerServer(uvicorn.Server):
         self.stop_requested.set()
 
     def on_command(self, command: dict[str, Any]) -> None:
-        if command.get("cmd") == "serve":
+        if command.get("cmd") == Command.SERVE:
             self.serve_ordered.set()
-        elif command.get("cmd") == "admin":
+        elif command.get("cmd") == Command.ADMIN:
             self.runtime.requests.on_reply(command)
 
     def on_arbiter_lost(self) -> None:
@@ -104,7 +105,7 @@ class WorkerServer(uvicorn.Server):
         runtime.start_heartbeat()
         if not await self._unless_stopped(self._boot()):
             await self._stop_unserved()
-        runtime.channel.send("ready", app_file=runtime.app_file)
+        runtime.channel.send(Event.READY, protocol=PROTOCOL_VERSION, app_file=runtime.app_file)
         if not await self._unless_stopped(self.serve_ordered.wait()):
             await self._stop_unserved()
         loop = asyncio.get_running_loop()
@@ -121,7 +122,7 @@ class WorkerServer(uvicorn.Server):
             getattr(self.config, "timeout_keep_alive", 5),
             runtime.log,
         )
-        runtime.channel.send("serving")
+        runtime.channel.send(Event.SERVING)
         runtime.log.info("%s: serving", runtime.name)
 
     def _create_protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
@@ -175,7 +176,7 @@ class WorkerServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         self.header_timeout.stop()  # the drain closes what is idle from now on
         runtime.draining = True
-        runtime.channel.send("draining")
+        runtime.channel.send(Event.DRAINING)
         for server in self.servers:
             server.close()
         deadline = loop.time() + runtime.graceful_timeout

@@ -6,7 +6,10 @@ import asyncio
 import sys
 
 import httpx
+import pytest
 
+import beamdeploy_asgi
+from beamdeploy_asgi.errors import DeploymentFailed
 from tests.support.releases import versioned_app
 from tests.worker.test_drain import raw_get
 
@@ -110,3 +113,19 @@ def test_a_release_with_an_older_beamdeploy_ignores_options_it_does_not_know(ser
     assert "does not know --max-upload-size; ignored here" in server.log()
     # Options only the arbiter uses never reach the workers.
     assert "--release-python" not in server.log()
+
+
+def test_a_release_speaking_another_protocol_fails_its_boot_saying_so(serve, releases):
+    release = releases.custom("protocol-99", versioned_app("protocol-99"))
+    (protocol,) = (release / "venv").glob("lib/python*/site-packages/beamdeploy_asgi/protocol.py")
+    source = protocol.read_text()
+    protocol.unlink()  # a new file: the old one may be a hard link into uv's cache
+    protocol.write_text(source.replace("PROTOCOL_VERSION = 1\n", "PROTOCOL_VERSION = 99\n"))
+
+    server = serve("--workers", "1", "--release", str(releases["v1"]))
+    with pytest.raises(DeploymentFailed) as failed:
+        beamdeploy_asgi.upgrade(release, state_dir=server.state_dir)
+    error = failed.value.deployment["error"]
+    assert "the arbiter speaks beamdeploy protocol 1" in error, error
+    assert "here speaks 99" in error
+    assert httpx.get(server.url).text.startswith("v1 ")

@@ -1,0 +1,142 @@
+"""The contract between the arbiter, its workers and its clients.
+
+A release pins its own beamdeploy-asgi, so a worker may run another version
+than the arbiter that started it. Everything they exchange is named here:
+the environment variables, the worker's spec, the messages on a worker's
+status channel and the requests on the control socket. Each side checks the
+protocol version the other speaks, so a mismatch is a clear boot failure
+rather than two programs misunderstanding each other.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from beamdeploy_asgi.version import __version__
+
+PROTOCOL_VERSION = 1
+
+# -- environment variables ---------------------------------------------------
+
+SPEC_ENV = "BEAMDEPLOY_WORKER"  # a worker's spec, JSON; taken out of the environment at start
+CONTROL_ENV = "BEAMDEPLOY_CONTROL"  # the control socket, for the Python API inside a worker
+STATE_DIR_ENV = "BEAMDEPLOY_STATE_DIR"
+TOKEN_ENV = "BEAMDEPLOY_TOKEN"  # read by the arbiter alone
+GENERATION_ENV = "BEAMDEPLOY_GENERATION"  # for the app: which generation runs it
+RELEASE_NAME_ENV = "BEAMDEPLOY_RELEASE_NAME"
+RELEASE_VERSION_ENV = "BEAMDEPLOY_RELEASE_VERSION"
+RELEASE_PATH_ENV = "BEAMDEPLOY_RELEASE_PATH"  # the preflight checks the app comes from there
+DAEMONIZED_ENV = "BEAMDEPLOY_DAEMONIZED"
+
+
+def state_dir_path(given: str | None = None) -> str:
+    """The state directory: `given`, else $BEAMDEPLOY_STATE_DIR, else ./.beamdeploy; real path.
+
+    The arbiter, the CLI and the Python API all resolve it this way, so they
+    meet at the same control socket.
+    """
+    chosen = given or os.environ.get(STATE_DIR_ENV) or ".beamdeploy"
+    return os.path.realpath(os.path.expanduser(chosen))
+
+
+# -- a worker's status channel -------------------------------------------------
+
+
+class Event(str, enum.Enum):
+    """What a worker tells its arbiter: ``{"event": EVENT, ...}``."""
+
+    READY = "ready"  # booted and checked; fields: protocol, app_file
+    SERVING = "serving"  # accepting connections
+    DRAINING = "draining"  # stopped accepting
+    FAILED = "failed"  # could not boot; fields: phase, error, traceback
+    ADMIN = "admin"  # an admin request to act on; fields: id, token, request
+
+
+class Command(str, enum.Enum):
+    """What the arbiter tells a worker: ``{"cmd": COMMAND, ...}``."""
+
+    SERVE = "serve"  # start accepting
+    ADMIN = "admin"  # a reply to an admin request; fields: id, then event, result or error
+
+
+class ProtocolMismatch(Exception):
+    """The other side speaks another protocol version."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How the arbiter describes a worker to the process it starts."""
+
+    generation: int
+    age: int
+    arbiter_pid: int
+    release: dict[str, Any]
+    from_environment: bool
+    pythonpath: list[str]
+    argv: list[str]
+    listeners: list[int]
+    heartbeat_fd: int
+    channel_fd: int
+    admin: bool = False  # whether an admin token is set (the token stays in the arbiter)
+    protocol: int = PROTOCOL_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # from a newer arbiter
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        data = json.loads(text)
+        known = {name for name in cls.__dataclass_fields__ if name != "extra"}
+        spec = cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+        return spec
+
+    def check_protocol(self) -> None:
+        if self.protocol != PROTOCOL_VERSION:
+            raise ProtocolMismatch(mismatch(self.protocol, "the arbiter"))
+
+
+def mismatch(theirs: Any, who: str) -> str:
+    return (
+        f"{who} speaks beamdeploy protocol {theirs!r}, and beamdeploy-asgi {__version__} "
+        f"here speaks {PROTOCOL_VERSION}: give the release a beamdeploy-asgi that matches "
+        "the arbiter's"
+    )
+
+
+# -- requests on the control socket (and forwarded by workers) ------------------
+
+
+def upgrade_request(release: str, *, follow: bool, remove_after: bool = False) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "upgrade", "release": release, "follow": follow}
+    if remove_after:
+        request["remove_after"] = True  # an upload: the arbiter removes it once installed
+    return request
+
+
+def rollback_request(to: str | None = None, *, follow: bool) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "rollback", "follow": follow}
+    if to is not None:
+        request["to"] = to
+    return request
+
+
+def deployment_request(deployment_id: str, *, follow: bool = False) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "deployment", "id": deployment_id}
+    if follow:
+        request["follow"] = True
+    return request
+
+
+def simple_request(op: str) -> dict[str, Any]:
+    """status, releases, deployments, ping, auth: requests with no arguments."""
+    return {"op": op}
