@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from beamdeploy_asgi import running as worker_runtime
 from beamdeploy_asgi.admin.errors import AdminError, error_response
 from beamdeploy_asgi.admin.gate import AdminGate, presented_token
 from beamdeploy_asgi.admin.openapi import openapi_schema
@@ -32,7 +33,6 @@ from beamdeploy_asgi.protocol import (
     simple_request,
     upgrade_request,
 )
-from beamdeploy_asgi.worker import runtime as worker_runtime
 
 MAX_JSON_BODY = 64 * 1024
 _mounted_by_app = False

@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from beamdeploy_asgi import running as worker_runtime
 from beamdeploy_asgi.admin.errors import error_response
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import simple_request
-from beamdeploy_asgi.worker import runtime as worker_runtime
 
 PUBLIC = "/health"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="beamdeploy"'}

@@ -12,112 +12,30 @@ import pwd
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from gunicorn import util
-from gunicorn.app.base import Application
 from gunicorn.errors import ConfigError
 
-import beamdeploy_asgi.settings  # noqa: F401  (registers beamdeploy's settings)
+from beamdeploy_asgi.config import WORKER_CLASS, Configuration
 from beamdeploy_asgi.errors import ReleaseError
-from beamdeploy_asgi.help_text import readable_parser
 from beamdeploy_asgi.protocol import DAEMONIZED_ENV
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import admin_token, state_dir, token_problem
 
-WORKER_CLASS = "beamdeploy_asgi.Worker"
 WORKER_CLASS_NAMES = {
     WORKER_CLASS,
     "beamdeploy_asgi.worker.Worker",
     "egg:beamdeploy-asgi#beamdeploy",
 }
 
-# Set while this process is (or is about to become) a beamdeploy arbiter, so
-# that gunicorn resolving the worker class does not hand over a second time.
-RUNNING = False
 
+class BeamApplication(Configuration):
+    """`beamdeploy serve`: the configuration, checked, then run by BeamArbiter."""
 
-class LenientParser:
-    """Parses the options this version knows and sets the others aside.
-
-    Workers re-read the arbiter's command line with the beamdeploy-asgi of
-    their own release, which may be older than the arbiter's and not know
-    every option it was given.
-    """
-
-    def __init__(self, parser: Any) -> None:
-        self.parser = parser
-        self.ignored: list[str] = []
-
-    def parse_args(self, args: list[str] | None = None) -> Any:
-        known, unknown = self.parser.parse_known_args(args)
-        self.ignored += [arg for arg in unknown if arg.startswith("-")]
-        return known
-
-
-class BeamApplication(Application):
-    def __init__(
-        self, argv: list[str], prog: str = "beamdeploy serve", *, lenient: bool = False
-    ) -> None:
-        """`lenient`: ignore unknown options (in workers; see `LenientParser`)."""
-        global RUNNING
-        RUNNING = True
-        self.argv = list(argv)
-        self.lenient = lenient
-        self.ignored_options: list[str] = []
-        self.chdir_error: str | None = None
-        # Workers start here and apply chdir themselves, like the arbiter did.
-        self.launch_cwd = os.getcwd()
-        self.app_uri: str | None = None
+    def __init__(self, argv: list[str], prog: str = "beamdeploy serve") -> None:
         self.release: Release | Path | None = None
-        super().__init__(usage="%(prog)s [OPTIONS] [APP_MODULE]", prog=prog)
-
-    def load_default_config(self) -> None:
-        super().load_default_config()
-        self.cfg.set("worker_class", WORKER_CLASS)
-        self.cfg.parser = readable_parser(self.cfg)  # plain-text --help, real defaults
-
-    def load_config(self) -> None:
-        if self.lenient:
-            make_parser = self.cfg.parser
-            parser = LenientParser(make_parser())
-            self.cfg.parser = lambda: parser
-        saved, sys.argv = sys.argv, [self.prog or "beamdeploy serve", *self.argv]
-        try:
-            super().load_config()
-        finally:
-            sys.argv = saved
-            if self.lenient:
-                self.cfg.parser = make_parser
-                self.ignored_options = parser.ignored
-
-    def init(self, parser: Any, opts: Any, args: list[str]) -> None:
-        if self.lenient:
-            return  # workers take the app from their release, not the command line
-        if len(args) > 1:
-            raise ConfigError(f"expected one APP_MODULE, got {' '.join(args)}")
-        if args:
-            self.app_uri = args[0]
-            self.cfg.set("default_proc_name", args[0])
-
-    def chdir(self) -> None:
-        # The arbiter never imports the app, so only the working directory
-        # changes here; workers put it on sys.path when they run from it.
-        if not self.lenient:
-            os.chdir(self.cfg.chdir)
-            return
-        try:
-            os.chdir(self.cfg.chdir)
-        except OSError as exc:
-            # A worker says why it cannot boot, rather than gunicorn's bare exit.
-            self.chdir_error = (
-                f"cannot enter the working directory {self.cfg.chdir} as uid "
-                f"{os.getuid()}: {exc.strerror}"
-            )
-
-    def load(self) -> Any:
-        raise ConfigError("the beamdeploy arbiter never imports the application")
+        super().__init__(argv, prog)
 
     def first_release(self) -> Release | Path:
         """--release (a directory or an artifact), else STATE_DIR/current, else APP_MODULE."""

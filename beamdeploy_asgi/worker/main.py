@@ -33,10 +33,11 @@ from beamdeploy_asgi.protocol import (
     WorkerSpec,
 )
 from beamdeploy_asgi.releases import provenance
+from beamdeploy_asgi.running import set_current
 from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
-from beamdeploy_asgi.worker.runtime import WorkerRuntime, set_current
+from beamdeploy_asgi.worker.runtime import WorkerRuntime
 from beamdeploy_asgi.worker.server import WorkerServer
 
 BOOT_ERROR = 3  # gunicorn's WORKER_BOOT_ERROR

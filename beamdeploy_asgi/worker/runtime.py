@@ -8,22 +8,13 @@ import sys
 import time
 from typing import Any
 
+from beamdeploy_asgi.config import Configuration
 from beamdeploy_asgi.protocol import TOKEN_ENV, WorkerSpec
+from beamdeploy_asgi.running import current, set_current  # noqa: F401  (app code uses these)
 from beamdeploy_asgi.settings import Secret
+from beamdeploy_asgi.version import __version__
 from beamdeploy_asgi.worker.arbiter_requests import ArbiterRequests
 from beamdeploy_asgi.worker.channel import Channel
-
-_current: WorkerRuntime | None = None
-
-
-def current() -> WorkerRuntime | None:
-    """The runtime of this worker process, or None outside beamdeploy."""
-    return _current
-
-
-def set_current(runtime: WorkerRuntime) -> None:
-    global _current
-    _current = runtime
 
 
 class WorkerRuntime:
@@ -50,10 +41,7 @@ class WorkerRuntime:
         self.requests = ArbiterRequests(channel)
 
     def load_config(self) -> None:
-        from beamdeploy_asgi.arbiter.application import BeamApplication
-        from beamdeploy_asgi.version import __version__
-
-        application = BeamApplication(self.spec.argv, lenient=True)
+        application = Configuration(self.spec.argv, lenient=True)
         self.config_error = application.chdir_error
         self.cfg = application.cfg
         forget_token(self.cfg)

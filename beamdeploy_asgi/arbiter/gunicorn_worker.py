@@ -25,9 +25,9 @@ class Worker(GunicornWorker):
 
     @classmethod
     def setup(cls) -> None:
-        from beamdeploy_asgi.arbiter import application
+        from beamdeploy_asgi import config
 
-        if application.RUNNING:
+        if config.RUNNING:
             return
         if not _launched_by_gunicorn_cli():
             raise RuntimeError(
