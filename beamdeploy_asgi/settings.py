@@ -281,7 +281,7 @@ class AdminAllow(gconfig.Setting):
     meta = "CIDR"
     action = "append"
     validator = _networks
-    default = []
+    default: list[str] = []
     desc = """\
         Client networks allowed to use the admin API (repeatable); default: any.
         """
@@ -294,7 +294,7 @@ class ReleaseDirs(gconfig.Setting):
     meta = "DIR"
     action = "append"
     validator = _directories
-    default = []
+    default: list[str] = []
     desc = """\
         Directories the admin API may deploy releases from (repeatable).
         """

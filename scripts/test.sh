@@ -9,6 +9,7 @@ python3 -m venv .venv
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

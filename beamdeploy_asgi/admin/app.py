@@ -64,7 +64,7 @@ def build_admin_app() -> Any:
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     handlers = {AdminError: on_admin_error, HTTPException: on_http_exception}
-    return AdminGate(Starlette(routes=routes, exception_handlers=handlers))  # type: ignore[arg-type]
+    return AdminGate(Starlette(routes=routes, exception_handlers=handlers))
 
 
 async def on_admin_error(request: Request, exc: Exception) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -54,6 +55,10 @@ class AdminError(Exception):
 
 
 def error_response(
-    status: int, code: str, detail: str, headers: dict | None = None, **extra: Any
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail, **extra}, status, headers=headers)

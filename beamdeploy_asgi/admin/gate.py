@@ -9,6 +9,7 @@ the one the client sent, and the arbiter says whether it is right.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 from beamdeploy_asgi import running as worker_runtime
@@ -26,7 +27,7 @@ def route_path(scope: dict[str, Any]) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-def presented_token(scope: dict[str, Any]) -> str | None:
+def presented_token(scope: Mapping[str, Any]) -> str | None:
     """The checked token of a request the gate let in."""
     return scope.get(TOKEN_SCOPE_KEY)
 

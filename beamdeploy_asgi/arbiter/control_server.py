@@ -11,11 +11,24 @@ import os
 import selectors
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from beamdeploy_asgi.lines import LineBuffer, LineTooLong, encode, parse_object, send_some
 
-Handler = Callable[[dict[str, Any], "ControlConnection"], None]
+
+class Replier(Protocol):
+    """Where the answer to one request goes: a control connection, or a worker's channel."""
+
+    closed: bool
+
+    def send(self, message: dict[str, Any], last: bool = False) -> None: ...
+
+    def reply(self, result: dict[str, Any]) -> None: ...
+
+    def fail(self, code: str, detail: str) -> None: ...
+
+
+Handler = Callable[[dict[str, Any], Replier], None]
 
 
 class ControlConnection:

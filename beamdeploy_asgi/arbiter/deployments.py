@@ -36,6 +36,9 @@ from beamdeploy_asgi.releases.release import Release
 class Deployments:
     """Mixin of BeamArbiter; the attributes it uses are set in BeamArbiter.__init__."""
 
+    serving: Generation | None
+    deployment: Deployment | None
+
     # -- starting ----------------------------------------------------------
 
     def start_deployment(
@@ -217,6 +220,7 @@ class Deployments:
 
     def promote(self: Any, deployment: Deployment) -> None:
         target = deployment.target
+        assert target is not None and deployment.booting_since is not None
         promoted_at = time.time()
         deployment.timings["promotion"] = (
             promoted_at - deployment.booting_since - deployment.timings["boot"]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from beamdeploy_asgi.arbiter.control_server import ControlConnection
+from beamdeploy_asgi.arbiter.control_server import Replier
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import GenerationState
 from beamdeploy_asgi.arbiter.listeners import describe
@@ -18,7 +18,7 @@ from beamdeploy_asgi.version import __version__
 class ControlRequests:
     """Mixin of BeamArbiter: one method per control operation."""
 
-    def handle_control(self: Any, request: dict[str, Any], conn: ControlConnection) -> None:
+    def handle_control(self: Any, request: dict[str, Any], conn: Replier) -> None:
         op = request["op"]
         if op == "ping":
             conn.reply({"pid": self.pid, "upgrading": self.deployment is not None})
@@ -37,7 +37,7 @@ class ControlRequests:
         else:
             conn.fail("unknown_op", f"unknown control operation {op!r}")
 
-    def _refuse_busy(self: Any, conn: ControlConnection) -> bool:
+    def _refuse_busy(self: Any, conn: Replier) -> bool:
         if self.deployment is not None:
             conn.fail(
                 "upgrade_in_progress",
@@ -50,7 +50,7 @@ class ControlRequests:
             return True
         return False
 
-    def control_upgrade(self: Any, request: dict[str, Any], conn: ControlConnection) -> None:
+    def control_upgrade(self: Any, request: dict[str, Any], conn: Replier) -> None:
         path = request.get("release")
         if not isinstance(path, str) or not path or "\x00" in path:
             conn.fail("bad_request", "'release' must be the path of a release or an artifact")
@@ -78,7 +78,7 @@ class ControlRequests:
             deployment = self.start_deployment("upgrade", release=release, preflight=True)
         self._answer(deployment, request, conn)
 
-    def control_rollback(self: Any, request: dict[str, Any], conn: ControlConnection) -> None:
+    def control_rollback(self: Any, request: dict[str, Any], conn: Replier) -> None:
         version = request.get("to")
         if version is not None and (not isinstance(version, str) or not version):
             conn.fail("bad_request", "'to' must be a release version")
@@ -96,13 +96,13 @@ class ControlRequests:
         deployment = self.start_deployment("rollback", release=release, preflight=True)
         self._answer(deployment, request, conn)
 
-    def _answer(self: Any, deployment: Deployment, request: dict, conn: ControlConnection) -> None:
+    def _answer(self: Any, deployment: Deployment, request: dict, conn: Replier) -> None:
         if request.get("follow"):
             self._follow(deployment, conn)
         else:
             conn.reply(deployment.describe())
 
-    def control_deployment(self: Any, request: dict[str, Any], conn: ControlConnection) -> None:
+    def control_deployment(self: Any, request: dict[str, Any], conn: Replier) -> None:
         wanted = request.get("id")
         for deployment in self.deployments:
             if deployment.id == wanted:
@@ -119,7 +119,7 @@ class ControlRequests:
                 return
         conn.fail("not_found", f"no deployment with id {wanted!r}")
 
-    def _follow(self: Any, deployment: Deployment, conn: ControlConnection) -> None:
+    def _follow(self: Any, deployment: Deployment, conn: Replier) -> None:
         for event in deployment.events:
             conn.send({"event": event})
         if deployment.ended:

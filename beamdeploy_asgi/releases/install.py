@@ -304,7 +304,10 @@ def main() -> None:
         if args.artifact is None:
             parser.error("give the artifact")
         if args.step == "prepare":
-            owner = tuple(int(part) for part in args.owner.split(":")) if args.owner else None
+            owner = None
+            if args.owner:
+                uid, _, gid = args.owner.partition(":")
+                owner = (int(uid), int(gid))
             prepared = prepare(
                 args.artifact, store, limits=limits, installer=args.installer,
                 python=args.python, owner=owner, progress=lambda text: say({"progress": text}),

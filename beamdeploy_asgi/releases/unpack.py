@@ -467,7 +467,7 @@ def _ustar_name(block: bytes) -> str:
 
 def _pax(data: bytes) -> dict[str, bytes]:
     """A pax header's "LENGTH KEY=VALUE\\n" records."""
-    records = {}
+    records: dict[str, bytes] = {}
     position = 0
     while position < len(data):
         space = data.find(b" ", position, position + 12)

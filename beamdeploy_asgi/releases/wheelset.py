@@ -46,7 +46,7 @@ def check_wheel_set(wheels: list[Path], python_version: str) -> None:
                 f"two wheels of {wheel.name}: {bundled[wheel.name].file} and {wheel.file}"
             )
         bundled[wheel.name] = wheel
-    environment: dict[str, str] = dict(default_environment())
+    environment: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
     environment["python_version"] = python_version
     # Every wheel is installed, so each one's own requirements must hold; an
     # extra somebody asks for adds that wheel's requirements under it.
