@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -33,6 +32,7 @@ from beamdeploy_asgi.protocol import (
     simple_request,
     upgrade_request,
 )
+from beamdeploy_asgi.releases.confine import PathNotAllowed, confined
 
 MAX_JSON_BODY = 64 * 1024
 _mounted_by_app = False
@@ -170,7 +170,10 @@ async def upgrade(request: Request) -> Response:
             'send JSON ({"release": PATH}) as application/json, or the artifact as '
             f"application/gzip, not {content_type or 'no content type'}",
         )
-    release = _confined(await _json_release(request), runtime.cfg.release_dirs)
+    try:
+        release = confined(await _json_release(request), runtime.cfg.release_dirs)
+    except PathNotAllowed as exc:
+        raise AdminError(exc.status, str(exc), exc.code) from None
     return await _deploy(request, upgrade_request(str(release), follow=wait), wait)
 
 
@@ -299,33 +302,3 @@ async def read_limited(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise AdminError(400, "the client went away before the request body ended") from None
     return bytes(body)
-
-
-def _confined(release: str, release_dirs: list[str]) -> Path:
-    """The real path of `release`, if it lies inside a configured release dir.
-
-    A relative path is looked up in each release directory in turn. Symlinks
-    and ``..`` are resolved before the check, so neither can lead outside.
-    """
-    if not release_dirs:
-        raise AdminError(
-            403,
-            "no release directory is configured (--release-dir), so the admin API deploys no path",
-            "path_not_allowed",
-        )
-    roots = [Path(directory).resolve() for directory in release_dirs]
-    try:
-        if Path(release).is_absolute():
-            candidates = [Path(release).resolve()]
-        else:
-            candidates = [(root / release).resolve() for root in roots]
-    except (OSError, RuntimeError, ValueError):
-        raise AdminError(400, f"release {release!r} is not a usable path") from None
-    inside = [c for c in candidates if any(c.is_relative_to(root) for root in roots)]
-    if not inside:
-        raise AdminError(
-            403,
-            f"release {release!r} is not inside a release directory ({', '.join(release_dirs)})",
-            "path_not_allowed",
-        )
-    return next((c for c in inside if c.exists()), inside[0])

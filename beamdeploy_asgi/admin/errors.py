@@ -27,6 +27,7 @@ STATUS_CODES = {
 CONTROL_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "path_not_allowed": 403,
     "not_found": 404,
     "upgrade_in_progress": 409,
     "invalid_release": 422,

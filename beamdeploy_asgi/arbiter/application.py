@@ -99,6 +99,12 @@ class BeamApplication(Configuration):
             found.append(
                 "user: the workers would keep group root; give them a --group of their own"
             )
+        if cfg.uid != os.geteuid() and cfg.admin_token is not None:
+            found.append(
+                "admin_token in the config file: the workers (--user) read that file too, so "
+                "their user could read the token; set BEAMDEPLOY_TOKEN in the arbiter's "
+                "environment instead"
+            )
         if getattr(cfg, "dirty_workers", 0):
             found.append("dirty_workers: gunicorn's dirty arbiter is not supported by beamdeploy")
         return found

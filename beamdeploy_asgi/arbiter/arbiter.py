@@ -59,6 +59,7 @@ from beamdeploy_asgi.protocol import (
     mismatch,
     simple_request,
 )
+from beamdeploy_asgi.releases.confine import PathNotAllowed, confined
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 from beamdeploy_asgi.settings import admin_token, state_dir
@@ -156,6 +157,8 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                     "%s was mode %o; tightened to %o", path, stat.S_IMODE(current.st_mode), mode
                 )
                 os.chmod(path, mode)
+        if workers_elsewhere:
+            self._check_parents()
         if workers_elsewhere and not self._workers_can_enter(str(self.store.releases_dir)):
             raise HaltServer(
                 f"the workers' user (uid {self.cfg.uid}) cannot enter {self.store.releases_dir}, "
@@ -163,6 +166,27 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
                 "directory of the state dir (o+x), or choose a --state-dir it can reach",
                 1,
             )
+
+    def _check_parents(self) -> None:
+        """No one but us may rename the state dir or a directory above it.
+
+        Otherwise the workers' user could swap in a directory of its own,
+        whose links the arbiter would then follow.
+        """
+        path = os.path.dirname(self.state_dir)
+        while True:
+            info = os.lstat(path)
+            writable_by_others = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+            if info.st_uid not in (0, os.geteuid()) or writable_by_others:
+                raise HaltServer(
+                    f"{path}, above the state dir, belongs to uid {info.st_uid} with mode "
+                    f"{stat.S_IMODE(info.st_mode):o}: with --user, every directory above the "
+                    "state dir must belong to root and be writable by no one else",
+                    1,
+                )
+            if path == os.path.dirname(path):
+                return
+            path = os.path.dirname(path)
 
     def _workers_can_enter(self, path: str) -> bool:
         try:
@@ -222,7 +246,9 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         os.makedirs(self.store.uploads_dir, mode=0o700, exist_ok=True)
         self._clear_stale_uploads()
         if owner is not None:
-            os.chown(self.store.uploads_dir, owner, -1)
+            if os.path.islink(self.store.uploads_dir):
+                raise HaltServer(f"{self.store.uploads_dir} must be a directory, not a link", 1)
+            os.chown(self.store.uploads_dir, owner, -1, follow_symlinks=False)
         try:
             # The arbiter's user's alone: workers forward admin requests over
             # their own channel, where the arbiter checks the token.
@@ -545,17 +571,37 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             conn.fail("not_found", "the admin API is off: no admin token is set")
         elif not token_matches(message.get("token"), self.admin_token):
             self.log.warning(
-                "admin: refused %r forwarded by worker %s (wrong token)", request["op"], worker.pid
+                "admin: refused %r forwarded by worker %s (wrong token)",
+                request["op"][:40],
+                worker.pid,
             )
             conn.fail("unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
         elif request["op"] == "auth":
             conn.reply({"ok": True})
+        elif not self._confine(request, conn):
+            return
         else:
             try:
                 self.handle_control(request, conn)
             except Exception:
-                self.log.exception("admin request %r failed", request["op"])
+                self.log.exception("admin request %r failed", request["op"][:40])
                 conn.fail("internal_error", "the arbiter failed to handle this request")
+
+    def _confine(self, request: dict[str, Any], conn: WorkerConnection) -> bool:
+        """An upgrade over HTTP deploys an upload, or a path inside --release-dir only."""
+        release = request.get("release")
+        if (
+            request["op"] != "upgrade"
+            or request.get("remove_after")
+            or not isinstance(release, str)
+        ):
+            return True  # uploads are confined to the uploads dir by control_upgrade
+        try:
+            request["release"] = str(confined(release, self.cfg.release_dirs))
+        except PathNotAllowed as exc:
+            conn.fail(exc.code, str(exc))
+            return False
+        return True
 
     def worker_failed(
         self, generation: Generation, worker: WorkerProcess | None, cause: str

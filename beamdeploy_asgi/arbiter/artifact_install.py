@@ -93,6 +93,7 @@ class ArtifactInstall:
             "installer",
             command,
             self._built,
+            trusted=False,  # its output is the builder's, not ours: no progress from it
             owner=self.owner,
             cwd="/",
             # Nothing of ours: no secrets, no configuration, a home of its own.
@@ -143,12 +144,19 @@ class ArtifactInstall:
     def _remove_staging(self) -> None:
         if self.staging is not None:
             self.start_task("remove", ["rm", "-rf", "--", self.staging], on_line=_ignore,
-                            on_exit=_ignore, timeout=INSTALL_TIMEOUT)  # fmt: skip
+                            on_exit=_ignore, timeout=INSTALL_TIMEOUT, cleanup=True)  # fmt: skip
             self.staging = None
 
-    def _task(self, name: str, argv: list[str], on_exit: Callable[[Task], None], **kw: Any) -> None:
+    def _task(
+        self,
+        name: str,
+        argv: list[str],
+        on_exit: Callable[[Task], None],
+        trusted: bool = True,
+        **kw: Any,
+    ) -> None:
         def on_line(message: dict[str, Any]) -> None:
-            if "progress" in message:
+            if trusted and "progress" in message:
                 self.progress(str(message["progress"]))
 
         kw.setdefault("cwd", self.state_dir)  # nothing from the app's directory on sys.path

@@ -12,6 +12,8 @@ from beamdeploy_asgi.arbiter.generation import Generation
 from beamdeploy_asgi.releases.release import Release
 
 Listener = Callable[[dict[str, Any]], None]
+MAX_EVENTS = 500
+MAX_MESSAGE = 2000  # the error, with its traceback, is kept whole in `error`
 
 
 @dataclass
@@ -41,7 +43,11 @@ class Deployment:
         return self.outcome is not None
 
     def record(self, phase: str, message: str, **extra: Any) -> None:
+        """Add an event; past MAX_EVENTS only a change of phase is kept, so memory stays flat."""
+        if len(self.events) >= MAX_EVENTS and phase == self.phase:
+            return
         self.phase = phase
+        message = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
         event = {"phase": phase, "message": message, "at": time.time(), **extra}
         self.events.append(event)
         for listener in list(self.listeners):

@@ -83,6 +83,7 @@ class Deployments:
                 _unlink(artifact)
 
         def failed(cause: str) -> None:
+            forget_upload()
             if self.deployment is deployment:
                 deployment.timings["install"] = time.monotonic() - started
                 self._fail_early(deployment, f"install failed: {cause}")
@@ -145,7 +146,10 @@ class Deployments:
             owner=worker_owner(self.cfg),  # release code never runs as the arbiter's user
         )
 
-    def _start_task(self: Any, name: str, argv: list[str], **kwargs: Any) -> None:
+    def _start_task(
+        self: Any, name: str, argv: list[str], *, cleanup: bool = False, **kwargs: Any
+    ) -> None:
+        """Start a helper; `cleanup` ones (removals) never fail the running deployment."""
         try:
             task = Task(name, argv, selector=self.selector, **kwargs)
         except OSError as exc:
@@ -153,8 +157,9 @@ class Deployments:
                 problem = owner_problem(exc, self.cfg, argv[0], kwargs.get("cwd"))
             else:
                 problem = str(exc)
-            if self.deployment is not None and not self.deployment.ended:
-                self._fail_early(self.deployment, f"{name} could not start: {problem}")
+            deployment = self.deployment
+            if not cleanup and deployment is not None and not deployment.ended:
+                self._fail_early(deployment, f"{name} could not start: {problem}")
             else:
                 self.log.error("%s could not start: %s", name, problem)
             return
@@ -335,6 +340,7 @@ class Deployments:
             self._start_task(
                 "remove",
                 ["rm", "-rf", "--", doomed],
+                cleanup=True,
                 on_line=lambda m: None,
                 on_exit=lambda task: None,
                 timeout=INSTALL_TIMEOUT,

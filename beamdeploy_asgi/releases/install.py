@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from beamdeploy_asgi.errors import ReleaseError
-from beamdeploy_asgi.releases.build import sha256_file
 from beamdeploy_asgi.releases.collect import explanation
 from beamdeploy_asgi.releases.disk import disk_full
 from beamdeploy_asgi.releases.manifest import SAFE_NAME, ArtifactManifest, this_platform
@@ -88,16 +89,33 @@ def prepare(
     being what builds the venv from the bundled wheels, to be run (as `owner`,
     when given) before `seal_release`.
     """
-    if not artifact.is_file():
-        raise ReleaseError(f"{artifact} is not a file")
-    if artifact.stat().st_size > limits.max_compressed:
-        raise ReleaseError(f"{artifact.name} is over {limits.max_compressed} bytes; refused")
-    digest = sha256_file(artifact)
-    existing = store.find_by_digest(digest)
-    if existing is not None:
-        progress(f"artifact already installed at {existing}")
-        return {"path": str(existing)}
     store.releases_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Hashed and unpacked from one private copy: the file given (an upload
+    # the workers' user owns) may change after we looked at it.
+    copy, digest = _private_copy(artifact, store.releases_dir, limits)
+    try:
+        existing = store.find_by_digest(digest)
+        if existing is not None:
+            progress(f"artifact already installed at {existing}")
+            return {"path": str(existing)}
+        return _unpack(
+            copy, artifact.name, digest, store, limits, installer, python, owner, progress
+        )
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _unpack(
+    copy: Path,
+    name: str,
+    digest: str,
+    store: ReleaseStore,
+    limits: Limits,
+    installer: str,
+    python: str | None,
+    owner: tuple[int, int] | None,
+    progress: Progress,
+) -> dict[str, Any]:
     staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=store.releases_dir))
     chosen: dict[str, str] = {}
     try:
@@ -107,7 +125,7 @@ def prepare(
             chosen["python"] = find_python(manifest.python, python)
             progress(f"unpacking {manifest.name} {manifest.version} ({len(manifest.files)} files)")
 
-        manifest = _extract(artifact, staging, limits, check_host)
+        manifest = _extract(copy, name, staging, limits, check_host)
         wheels = [staging / wheel for wheel in manifest.wheels]
         progress(f"checking that the {len(wheels)} bundled wheels need nothing else")
         try:
@@ -117,8 +135,12 @@ def prepare(
         tool = _installer(installer, owner)
         progress(f"building the venv offline from {len(wheels)} wheels with {tool}")
         commands = venv_commands(staging, chosen["python"], wheels, tool)
+        # The builder may write the venv and nothing else of the release.
+        venv = staging / "venv"
+        venv.mkdir(mode=0o755)
         if owner is not None:
-            _give(staging, *owner)
+            os.chown(venv, *owner)
+        os.chmod(staging, 0o711)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -126,12 +148,54 @@ def prepare(
 
 
 def _extract(
-    artifact: Path, staging: Path, limits: Limits, check: Callable[[ArtifactManifest], None]
+    copy: Path,
+    name: str,
+    staging: Path,
+    limits: Limits,
+    check: Callable[[ArtifactManifest], None],
 ) -> ArtifactManifest:
     try:
-        return extract(artifact, staging, limits, on_manifest=check)
+        return extract(copy, staging, limits, on_manifest=check)
     except OSError as exc:
         raise ReleaseError(_os_error(exc, staging)) from None
+    except ReleaseError as exc:
+        raise ReleaseError(str(exc).replace(copy.name, name)) from None
+
+
+def _private_copy(artifact: Path, where: Path, limits: Limits) -> tuple[Path, str]:
+    """Copy a regular file (never through a link) into `where`; return the copy and its sha256."""
+    try:
+        fd = os.open(artifact, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ReleaseError(f"{artifact} does not exist") from None
+    except OSError as exc:
+        raise ReleaseError(f"cannot open {artifact}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as source:
+        info = os.fstat(source.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ReleaseError(f"{artifact} is not a regular file")
+        if info.st_size > limits.max_compressed:
+            raise ReleaseError(f"{artifact.name} is over {limits.max_compressed} bytes; refused")
+        out_fd, out_name = tempfile.mkstemp(prefix=".artifact-", suffix=".tar.gz", dir=where)
+        digest = hashlib.sha256()
+        copied = 0
+        try:
+            with os.fdopen(out_fd, "wb") as out:
+                while block := source.read(1 << 20):
+                    copied += len(block)
+                    if copied > limits.max_compressed:
+                        raise ReleaseError(
+                            f"{artifact.name} grew past {limits.max_compressed} bytes"
+                        )
+                    digest.update(block)
+                    out.write(block)
+        except OSError as exc:
+            Path(out_name).unlink(missing_ok=True)
+            raise ReleaseError(_os_error(exc, where)) from None
+        except BaseException:
+            Path(out_name).unlink(missing_ok=True)
+            raise
+    return Path(out_name), digest.hexdigest()
 
 
 def venv_commands(staging: Path, python: str, wheels: list[Path], tool: str) -> list[list[str]]:
@@ -259,14 +323,6 @@ def _runs_as(program: str, owner: tuple[int, int] | None) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
-
-
-def _give(root: Path, uid: int, gid: int) -> None:
-    """The staging dir, which only we wrote, to the user who builds the venv."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
-    os.chown(root, uid, gid)
 
 
 def _os_error(exc: OSError, where: Path) -> str:

@@ -25,18 +25,26 @@ def seal(root: Path, uid: int, gid: int) -> None:
         os.fchmod(top, 0o700)
     finally:
         os.close(top)
-    for _, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        # Only the venv, which the builder wrote, may hold links (bin/python).
+        in_venv = Path(dirpath).relative_to(root).parts[:1] == ("venv",)
         for name in dirnames + filenames:
-            _take(name, dirfd, uid, gid)
+            _take(name, dirfd, uid, gid, links_allowed=in_venv)
 
 
-def _take(name: str, dirfd: int, uid: int, gid: int) -> None:
+def _take(name: str, dirfd: int, uid: int, gid: int, *, links_allowed: bool) -> None:
     info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     if stat.S_ISLNK(info.st_mode):
+        if not links_allowed:
+            raise ReleaseError(f"{name}: a link outside the release's venv")
         os.chown(name, uid, gid, dir_fd=dirfd, follow_symlinks=False)
         return
     if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
         raise ReleaseError(f"{name}: the install left something neither a file nor a directory")
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        raise ReleaseError(
+            f"{name}: a hard link to a file elsewhere; the release must own its files"
+        )
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
     try:
         now = os.fstat(fd)

@@ -154,9 +154,19 @@ def _failed(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _write_new(path: Path, text: str, gid: int | None) -> None:
+    """Create `path`, never through a link, readable by group `gid` if given."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        if gid is not None:
+            os.fchown(out.fileno(), -1, gid)
+        out.write(text)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text, encoding="utf-8")
+    staging.unlink(missing_ok=True)  # a leftover, or a link: never written through
+    _write_new(staging, text, None)
     os.replace(staging, path)
 
 
@@ -170,7 +180,4 @@ def _installed_at(path: Path) -> float:
 def mark_installed(path: Path, digest: str, gid: int | None = None) -> None:
     """Record where a release came from and when; readable by group `gid` if given."""
     for name, text in ((DIGEST_FILE, digest), (INSTALLED_FILE, str(time.time()))):
-        _write_atomically(path / name, text + "\n")
-        if gid is not None:
-            os.chown(path / name, -1, gid)
-            os.chmod(path / name, 0o640)
+        _write_new(path / name, text + "\n", gid)

@@ -66,8 +66,11 @@ async def leak(request):
 async def forge(request):
     # App code writing an admin request on its own worker's channel.
     requests = beam_runtime.current().requests
+    message = {"op": request.query_params.get("op", "status")}
+    if "release" in request.query_params:
+        message.update(release=request.query_params["release"], follow=False)
     try:
-        result = await requests.request({"op": "status"}, request.query_params["token"])
+        result = await requests.request(message, request.query_params["token"])
     except Exception as exc:
         return JSONResponse({"refused": getattr(exc, "code", type(exc).__name__)})
     return JSONResponse({"result": sorted(result)})
@@ -145,3 +148,21 @@ def test_print_config_masks_the_token(tmp_path: Path):
     assert shown.returncode == 0, shown.stderr
     assert "admin_token" in shown.stdout and "********" in shown.stdout
     assert TOKEN not in shown.stdout + shown.stderr
+
+
+def test_the_arbiter_confines_paths_even_when_a_worker_does_not(serve, releases, tmp_path):
+    release = releases.custom("probe", LEAK_PROBE)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server = serve(
+        "--workers", "1", "--release", str(release), "--release-dir", str(allowed),
+        env={"BEAMDEPLOY_TOKEN": TOKEN},
+    )  # fmt: skip
+    # With the token (say, seen on a request it served), app code skips the
+    # worker's own check; the arbiter checks again.
+    outside = str(releases["v2"])
+    forged = httpx.get(
+        server.url + "/forge", params={"token": TOKEN, "op": "upgrade", "release": outside}
+    )
+    assert forged.json() == {"refused": "path_not_allowed"}
+    assert server.status()["deployments"][0]["kind"] == "boot", "nothing was deployed"

@@ -182,3 +182,38 @@ def test_a_state_dir_the_user_cannot_reach_is_refused_at_start(tmp_path, artifac
         f"the workers' user (uid {NOBODY.pw_uid}) cannot enter {server.state_dir / 'releases'}"
         in server.log()
     )
+
+
+def test_a_token_in_the_config_file_is_refused_with_user(shared_dir, releases):
+    config = shared_dir / "beam.conf.py"
+    config.write_text('admin_token = "config-file-token-0123456789"\n')
+    server = ServerProcess(
+        shared_dir / "server",
+        ["--workers", "1", "--user", "nobody", "-c", str(config), "--release", str(releases["v1"])],
+    )
+    try:
+        server.start(expect_serving=False)
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
+    log = server.log()
+    assert "unsupported option admin_token in the config file" in log
+    assert "config-file-token-0123456789" not in log
+
+
+def test_a_state_dir_under_a_directory_the_workers_own_is_refused(shared_dir, releases):
+    theirs = shared_dir / "app-home"  # say, the app user's home
+    theirs.mkdir()
+    os.chown(theirs, NOBODY.pw_uid, NOBODY.pw_gid)
+    server = ServerProcess(
+        shared_dir / "server",
+        ["--workers", "1", "--user", "nobody", "--release", str(releases["v1"])],
+    )
+    server.state_dir = theirs / "state"
+    server.command[server.command.index("--state-dir") + 1] = str(server.state_dir)
+    try:
+        server.start(expect_serving=False)
+        assert server.proc.wait(60) == 1
+    finally:
+        server.stop()
+    assert f"{theirs}, above the state dir, belongs to uid {NOBODY.pw_uid}" in server.log()
