@@ -13,7 +13,7 @@ import httpx
 
 from tests.support.load import Load
 from tests.support.releases import versioned_app
-from tests.support.server import alive, plain_uvicorn
+from tests.support.server import alive, plain_uvicorn, wait_in_flight
 
 
 def test_workers_do_not_outlive_a_killed_arbiter(serve, releases):
@@ -135,7 +135,7 @@ def test_sigterm_drains_and_exits_cleanly(serve, releases):
     # Sent before the signal, on a connection a worker has accepted by then.
     slow = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     slow.sendall(b"GET /slow?s=3 HTTP/1.1\r\nHost: test\r\n\r\n")
-    time.sleep(1.0)
+    wait_in_flight(server.url)
     server.proc.send_signal(signal.SIGTERM)
     answer = b""
     while chunk := slow.recv(4096):

@@ -91,9 +91,19 @@ async def home(request):
     generation = os.environ.get("BEAMDEPLOY_GENERATION", "-")
     return PlainTextResponse(f"{{VERSION}} gen={{generation}} pid={{os.getpid()}}")
 
+IN_FLIGHT = 0
+
 async def slow(request):
-    await asyncio.sleep(float(request.query_params.get("s", "2")))
+    global IN_FLIGHT
+    IN_FLIGHT += 1
+    try:
+        await asyncio.sleep(float(request.query_params.get("s", "2")))
+    finally:
+        IN_FLIGHT -= 1
     return PlainTextResponse(f"slow {{VERSION}}")
+
+async def in_flight(request):
+    return PlainTextResponse(str(IN_FLIGHT))
 
 async def health(request):
     return JSONResponse({{"ok": True}})
@@ -109,5 +119,6 @@ async def ws(websocket):
 {lifespan_code}
 
 app = Starlette({lifespan_arg}routes=[{routes}Route("/", home), Route("/slow", slow),
+                        Route("/in-flight", in_flight),
                         Route("/healthz", health), WebSocketRoute("/ws", ws)])
 '''

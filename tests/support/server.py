@@ -185,3 +185,18 @@ def plain_uvicorn(app_dir: Path, app: str, env: dict[str, str] | None = None) ->
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def wait_in_flight(url: str, timeout: float = 15.0) -> None:
+    """Until a worker says a /slow request is running in it (the test app counts them).
+
+    Each poll is a new connection, so with several workers the one running it
+    answers sooner or later.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = httpx.get(url + "/in-flight", headers={"Connection": "close"}, timeout=5)
+        if answer.text.strip() not in ("", "0"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no /slow request reached the app within {timeout}s")

@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 import beamdeploy_asgi
 from tests.support.load import Load
+from tests.support.server import wait_in_flight
 
 
 def test_in_flight_request_finishes_on_the_old_generation(serve, releases):
@@ -24,7 +25,7 @@ def test_in_flight_request_finishes_on_the_old_generation(serve, releases):
         target=lambda: answers.append(httpx.get(server.url + "/slow?s=8", timeout=30))
     )
     slow.start()
-    time.sleep(0.5)
+    wait_in_flight(server.url)
     beamdeploy_asgi.upgrade(releases["v2"], state_dir=server.state_dir)
     slow.join(30)
     assert answers[0].status_code == 200

@@ -11,6 +11,7 @@ import pytest
 import beamdeploy_asgi
 from beamdeploy_asgi.errors import DeploymentFailed
 from tests.support.releases import versioned_app
+from tests.support.server import wait_in_flight
 from tests.worker.test_drain import raw_get
 
 ECHO = versioned_app(
@@ -72,7 +73,7 @@ def test_limit_concurrency_answers_503(serve, releases):
     async def burst() -> tuple[int, list[int]]:
         async with httpx.AsyncClient(timeout=30) as first, httpx.AsyncClient(timeout=30) as more:
             slow = asyncio.ensure_future(first.get(server.url + "/slow?s=4"))
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(wait_in_flight, server.url)
             answers = await asyncio.gather(*(more.get(server.url) for _ in range(4)))
             return (await slow).status_code, [a.status_code for a in answers]
 
