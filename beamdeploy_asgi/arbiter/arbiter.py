@@ -307,12 +307,10 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         self.deployment = None
         limit = time.monotonic() + (self.cfg.graceful_timeout + KILL_MARGIN if graceful else 2.0)
         for worker in self.all_workers():
-            if not graceful:
+            if graceful:
+                self.retire(worker)
+            else:
                 self._signal(worker, signal.SIGQUIT)
-            elif worker.state is WorkerState.SERVING:
-                self._begin_drain(worker)
-            elif worker.state is not WorkerState.DRAINING:
-                self._stop_unserved(worker)
         while self.all_workers() and time.monotonic() < limit:
             try:
                 pending = self.SIG_QUEUE.get_nowait()
@@ -617,6 +615,13 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
         elif worker is not None and worker.state in (WorkerState.BOOTING, WorkerState.READY):
             self._stop_unserved(worker)
 
+    def retire(self, worker: WorkerProcess) -> None:
+        """Take a worker out of service: a serving one drains, one that never served stops."""
+        if worker.state is WorkerState.SERVING:
+            self._begin_drain(worker)
+        elif worker.state not in (WorkerState.DRAINING, WorkerState.STOPPING):
+            self._stop_unserved(worker)
+
     def _stop_unserved(self, worker: WorkerProcess) -> None:
         worker.state = WorkerState.STOPPING
         worker.deadline = time.monotonic() + STOP_TIMEOUT
@@ -772,12 +777,8 @@ class BeamArbiter(Deployments, ControlRequests, Arbiter):
             for _ in range(missing):
                 self.spawn(generation)
         elif missing < 0:
-            extra = sorted(active, key=lambda w: w.age)[:-missing]
-            for worker in extra:
-                if worker.state is WorkerState.SERVING:
-                    self._begin_drain(worker)
-                else:
-                    self._stop_unserved(worker)
+            for worker in sorted(active, key=lambda w: w.age)[:-missing]:
+                self.retire(worker)
 
 
 def _exit_description(status: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import secrets
 import time
 from collections.abc import Callable
@@ -16,6 +17,24 @@ MAX_EVENTS = 500
 MAX_MESSAGE = 2000  # the error, with its traceback, is kept whole in `error`
 
 
+class Phase(str, enum.Enum):
+    """Where a deployment stands; its value is what events, status and history say."""
+
+    STARTING = "starting"
+    INSTALLING = "installing"  # an artifact becomes a release in the store
+    PREFLIGHT = "preflight"  # the app is imported once
+    BOOTING = "booting"  # every worker of the new generation boots
+    PROMOTING = "promoting"  # all READY: each is told to accept
+    PROMOTED = "promoted"  # the new generation serves
+    DRAINING = "draining"  # the old one stops accepting
+    STOPPING = "stopping"  # a failed generation is being stopped
+    DONE = "done"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Deployment:
     """Phases: [installing ->] [preflight ->] booting -> promoting -> promoted ->
@@ -27,7 +46,7 @@ class Deployment:
     artifact: str | None = None
     target: Generation | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(6))
-    phase: str = "starting"
+    phase: Phase = Phase.STARTING
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     drained_at: float | None = None
@@ -42,7 +61,7 @@ class Deployment:
     def ended(self) -> bool:
         return self.outcome is not None
 
-    def record(self, phase: str, message: str, **extra: Any) -> None:
+    def record(self, phase: Phase, message: str, **extra: Any) -> None:
         """Add an event; past MAX_EVENTS only a change of phase is kept, so memory stays flat."""
         if len(self.events) >= MAX_EVENTS and phase == self.phase:
             return
@@ -57,7 +76,7 @@ class Deployment:
         self.ended_at = time.time()
         self.error = error
         self.outcome = outcome
-        self.record("done" if outcome == "succeeded" else "failed", message)
+        self.record(Phase.DONE if outcome == "succeeded" else Phase.FAILED, message)
         self.listeners.clear()
 
     def describe(self) -> dict[str, Any]:

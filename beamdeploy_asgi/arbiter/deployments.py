@@ -23,7 +23,7 @@ from gunicorn import systemd
 from gunicorn.errors import HaltServer
 
 from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall, died
-from beamdeploy_asgi.arbiter.deployment import Deployment
+from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
 from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task
@@ -64,7 +64,7 @@ class Deployments:
         return deployment
 
     def _install(self: Any, deployment: Deployment, artifact: str, remove_after: bool) -> None:
-        deployment.record("installing", f"installing {Path(artifact).name}")
+        deployment.record(Phase.INSTALLING, f"installing {Path(artifact).name}")
         started = time.monotonic()
 
         def done(path: str) -> None:
@@ -93,7 +93,7 @@ class Deployments:
             state_dir=self.state_dir,
             cfg=self.cfg,
             start_task=self._start_task,
-            progress=lambda text: deployment.record("installing", text),
+            progress=lambda text: deployment.record(Phase.INSTALLING, text),
             done=done,
             failed=failed,
             wanted=lambda: self.deployment is deployment and not self.stopping,
@@ -111,7 +111,7 @@ class Deployments:
         if not preflight:
             self._boot(deployment)
             return
-        deployment.record("preflight", f"importing {release.app} in {release}")
+        deployment.record(Phase.PREFLIGHT, f"importing {release.app} in {release}")
         started = time.monotonic()
 
         def on_exit(task: Task) -> None:
@@ -177,7 +177,7 @@ class Deployments:
             "deployment %s: booting %s with %s workers", deployment.id, generation, generation.size
         )
         deployment.record(
-            "booting",
+            Phase.BOOTING,
             f"booting {generation}: 0/{generation.size} ready",
             ready=0,
             total=generation.size,
@@ -195,28 +195,28 @@ class Deployments:
         if deployment is None or deployment.target is None:
             return
         target = deployment.target
-        if deployment.phase == "stopping":
+        if deployment.phase is Phase.STOPPING:
             if not target.workers:
                 self._deployment_over()
             return
-        if deployment.phase == "booting":
+        if deployment.phase is Phase.BOOTING:
             ready = len(target.in_state(WorkerState.READY))
             if ready != deployment.events[-1].get("ready"):
                 deployment.record(
-                    "booting",
+                    Phase.BOOTING,
                     f"booting {target}: {ready}/{target.size} ready",
                     ready=ready,
                     total=target.size,
                 )
             if ready == target.size:
                 deployment.timings["boot"] = time.time() - deployment.booting_since
-                deployment.record("promoting", f"promoting {target}")
+                deployment.record(Phase.PROMOTING, f"promoting {target}")
                 for worker in target.workers.values():
                     worker.send({"cmd": Command.SERVE})
-        elif deployment.phase == "promoting":
+        elif deployment.phase is Phase.PROMOTING:
             if len(target.in_state(WorkerState.SERVING)) == target.size:
                 self.promote(deployment)
-        if deployment.phase == "draining" and deployment.previous is not None:
+        if deployment.phase is Phase.DRAINING and deployment.previous is not None:
             if all(
                 w.stopped_accepting or w.state is WorkerState.STOPPING
                 for w in deployment.previous.workers.values()
@@ -238,7 +238,7 @@ class Deployments:
             self.store.set_current(target.release.path)
             self.store.clear_failed(target.release.path)
         self.log.info("deployment %s: %s promoted", deployment.id, target)
-        deployment.record("promoted", f"{target} serves")
+        deployment.record(Phase.PROMOTED, f"{target} serves")
         if deployment.kind == "boot":
             systemd.sd_notify("READY=1\nSTATUS=beamdeploy serving", self.log)
         if old is None:
@@ -247,11 +247,8 @@ class Deployments:
         old.state = GenerationState.DRAINING
         old.drain_started_at = promoted_at
         for worker in list(old.workers.values()):
-            if worker.state is WorkerState.SERVING:
-                self._begin_drain(worker)
-            elif worker.state is not WorkerState.DRAINING:
-                self._stop_unserved(worker)
-        deployment.record("draining", f"draining {old} ({len(old.workers)} workers)")
+            self.retire(worker)
+        deployment.record(Phase.DRAINING, f"draining {old} ({len(old.workers)} workers)")
         self.log.info("deployment %s: draining %s", deployment.id, old)
         if not old.workers:
             self.generation_emptied(old)
@@ -279,7 +276,7 @@ class Deployments:
         target.failure = cause
         self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
         deployment.error = cause
-        deployment.record("stopping", f"stopping {target}: {cause.splitlines()[0]}")
+        deployment.record(Phase.STOPPING, f"stopping {target}: {cause.splitlines()[0]}")
         for worker in list(target.workers.values()):
             if worker.state is not WorkerState.STOPPING:
                 self._stop_unserved(worker)
