@@ -17,6 +17,9 @@ from beamdeploy_asgi.protocol import Event
 from beamdeploy_asgi.worker.channel import Channel
 
 REPLY_TIMEOUT = 30.0  # for requests that are answered at once (not followed)
+# A followed deployment sends an event at least per phase; its longest quiet
+# step is an install (900 s). Past this, the arbiter dropped us: give up.
+FOLLOW_IDLE_TIMEOUT = 1200.0
 
 
 class ArbiterRequests:
@@ -40,7 +43,7 @@ class ArbiterRequests:
         request_id = next(self.ids)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.pending[request_id] = queue
-        timeout = None if request.get("follow") else REPLY_TIMEOUT
+        timeout = FOLLOW_IDLE_TIMEOUT if request.get("follow") else REPLY_TIMEOUT
         try:
             self.channel.send(Event.ADMIN, id=request_id, token=token, request=request)
             while True:
