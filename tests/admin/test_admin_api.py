@@ -11,9 +11,7 @@ import pytest
 
 import beamdeploy_asgi
 from tests.support.load import Load
-
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.support.tokens import AUTH, TOKEN
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.admin.test_admin_api import TOKEN
+from tests.support.tokens import TOKEN
 
 
 def test_schemathesis_finds_no_server_error(serve, releases, tmp_path: Path):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.admin.test_admin_api import AUTH, TOKEN
 from tests.support.server import plain_uvicorn
+from tests.support.tokens import AUTH, TOKEN
 
 FASTAPI_APP = """
 import os

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.admin.test_admin_api import AUTH, TOKEN
+from tests.support.tokens import AUTH, TOKEN
 
 BIG = 100 * 1024 * 1024
 LITTLE = b"\x1f\x8b" + b"\0" * 16_000  # under uvicorn's read-ahead (64 KiB)

@@ -104,10 +104,18 @@ def test_hup_restarts_the_serving_release_blue_green(serve, releases):
 
 def test_ttin_and_ttou_resize_the_serving_generation(serve, releases):
     server = serve("--workers", "1", "--release", str(releases["v1"]))
+    (first,) = server.serving_pids()
     os.kill(server.proc.pid, signal.SIGTTIN)
-    server.wait_for(lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"] * 2)
+    grown = server.wait_for(
+        lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"] * 2
+    )
+    assert grown["arbiter"]["workers"] == 2 and grown["serving"]["size"] == 2
     os.kill(server.proc.pid, signal.SIGTTOU)
-    server.wait_for(lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"])
+    shrunk = server.wait_for(lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"])
+    assert shrunk["serving"]["size"] == 1
+    (kept,) = [w["pid"] for w in shrunk["serving"]["workers"]]
+    assert kept != first, "the oldest worker is the one that drains"
+    assert httpx.get(server.url).text.startswith("v1 ")
 
 
 def test_serving_environment_then_upgrade_to_a_release(serve, releases):

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.admin.test_admin_api import AUTH, TOKEN
 from tests.support.server import ServerProcess
+from tests.support.tokens import AUTH, TOKEN
 
 NOBODY = pwd.getpwnam("nobody")
 

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.admin.test_admin_api import TOKEN
 from tests.support.releases import ReleaseFactory, versioned_app
+from tests.support.tokens import TOKEN
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "admin-api.md"
 

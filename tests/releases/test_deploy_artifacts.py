@@ -9,8 +9,8 @@ import sys
 import httpx
 
 import beamdeploy_asgi
-from tests.admin.test_admin_api import AUTH, TOKEN
 from tests.support.load import Load
+from tests.support.tokens import AUTH, TOKEN
 
 
 def versions(load) -> list[str]:

@@ -12,9 +12,9 @@ import pytest
 
 import beamdeploy_asgi
 from beamdeploy_asgi.errors import DeploymentFailed
-from tests.admin.test_admin_api import AUTH, TOKEN
 from tests.support.artifacts import write_project
 from tests.support.load import Load
+from tests.support.tokens import AUTH, TOKEN
 
 GUNICORN = [sys.executable, "-m", "gunicorn"]
 CHECKOUT_VERSION = "0.9.0-checkout"
