@@ -88,20 +88,28 @@ def holders_of_port(port: int) -> str:
             continue
     if not inodes:
         return ""
-    found = []
-    for pid in _pids():
+    found = [pid for pid in _pids() if _holds(pid, inodes)]
+    if not found:
+        return ""
+    # A server's workers share its socket: name the first (its parent, as a
+    # rule) and count the others.
+    first = f"pid {found[0]} ({_command(found[0])})"
+    others = len(found) - 1
+    return first + (f" and {others} other process{'es' if others > 1 else ''}" if others else "")
+
+
+def _holds(pid: int, inodes: set[str]) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    found.append(f"pid {pid} ({_command(pid)})")
-                    break
-            except OSError:
-                continue
-    return ", ".join(found[:5])
+    return False
 
 
 def _pids() -> list[int]:
@@ -115,7 +123,8 @@ def _command(pid: int) -> str:
     except OSError:
         return "?"
     text = " ".join(word.decode(errors="replace") for word in words if word)
-    return text[:200] or "?"
+    text = " ".join(text.split())  # one line, whatever the command line held
+    return (text[:120] + "...") if len(text) > 120 else (text or "?")
 
 
 def _bind_unix(path: str, cfg: Any) -> socket.socket:

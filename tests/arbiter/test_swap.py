@@ -73,6 +73,7 @@ def test_second_server_on_a_served_address_is_refused(serve, releases):
     log = second.log()
     assert f"cannot listen on 127.0.0.1:{first.port}: the address is already in use" in log
     assert f"pid {first.proc.pid} (" in log, "the holder is named"
+    assert "and 2 other processes" in log, "its two workers share the socket"
     assert "Traceback" not in log
     assert load.result.failures == []
     assert set(load.result.bodies) == {"v1"}, "every request went to the first server"
