@@ -1,0 +1,98 @@
+"""Pure pieces of the arbiter, with fakes: crash back-off and the rollback target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from beamdeploy_asgi.arbiter.arbiter import MAX_BACKOFF, backoff
+from beamdeploy_asgi.arbiter.deployments import Deployments
+
+
+def test_backoff_respawns_at_once_then_doubles_up_to_a_cap():
+    assert [backoff(n) for n in range(1, 6)] == [0.0, 0.5, 1.0, 2.0, 4.0]
+    assert backoff(0) == 0.0
+    assert backoff(50) == MAX_BACKOFF
+
+
+class FakeArbiter:
+    """What rollback_target reads: the serving release, history, the store."""
+
+    def __init__(self, serving: str, history: list[dict], kept: list[dict]) -> None:
+        self.serving = SimpleNamespace(release=SimpleNamespace(path=serving))
+        self.history = history
+        self.store = SimpleNamespace(releases=lambda: kept)
+
+    def recent_deployments(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.history[:limit]
+
+    rollback_target = Deployments.rollback_target
+
+
+def deployment(kind: str, frm: str | None, to: str, outcome: str = "succeeded") -> dict:
+    return {
+        "kind": kind,
+        "outcome": outcome,
+        "from": {"path": frm} if frm else None,
+        "to": {"path": to, "version": Path(to).name},
+    }
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> dict[str, str]:
+    made = {}
+    for version in ("1.0", "1.1", "1.2"):
+        (tmp_path / version).mkdir()
+        made[version] = str(tmp_path / version)
+    return made
+
+
+def test_rollback_goes_to_what_served_before(paths):
+    history = [  # newest first
+        deployment("upgrade", paths["1.1"], paths["1.2"]),
+        deployment("upgrade", paths["1.0"], paths["1.1"]),
+        deployment("boot", None, paths["1.0"]),
+    ]
+    arbiter = FakeArbiter(paths["1.2"], history, [])
+    assert arbiter.rollback_target(None) == paths["1.1"]
+
+
+def test_a_restart_or_a_failed_deployment_is_not_a_step_to_go_back_to(paths):
+    history = [
+        deployment("upgrade", paths["1.1"], paths["1.2"], outcome="failed"),
+        deployment("restart", paths["1.1"], paths["1.1"]),
+        deployment("upgrade", paths["1.0"], paths["1.1"]),
+    ]
+    arbiter = FakeArbiter(paths["1.1"], history, [])
+    assert arbiter.rollback_target(None) == paths["1.0"]
+
+
+def test_nothing_to_go_back_to_says_so(paths):
+    arbiter = FakeArbiter(paths["1.0"], [deployment("boot", None, paths["1.0"])], [])
+    with pytest.raises(LookupError, match="no previous release to roll back to"):
+        arbiter.rollback_target(None)
+
+
+def test_a_removed_previous_release_is_not_offered(paths, tmp_path):
+    gone = str(tmp_path / "0.9")
+    arbiter = FakeArbiter(paths["1.0"], [deployment("upgrade", gone, paths["1.0"])], [])
+    with pytest.raises(LookupError):
+        arbiter.rollback_target(None)
+
+
+def test_rollback_to_a_version_skips_failed_releases(paths):
+    kept = [
+        {"version": "1.1", "path": paths["1.1"], "failed": None},
+        {"version": "1.2", "path": paths["1.2"], "failed": {"phase": "boot", "error": "boom"}},
+    ]
+    arbiter = FakeArbiter(paths["1.0"], [], kept)
+    assert arbiter.rollback_target("1.1") == paths["1.1"]
+    with pytest.raises(
+        LookupError, match=r"release 1.2 failed at boot when last deployed \(boom\)"
+    ):
+        arbiter.rollback_target("1.2")
+    with pytest.raises(LookupError, match="no kept release has version '9.9'"):
+        arbiter.rollback_target("9.9")
