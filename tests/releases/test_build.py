@@ -13,6 +13,16 @@ from pathlib import Path
 from tests.support.artifacts import write_project
 
 
+def run_build(outdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`beamdeploy build ARGS -o OUTDIR`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "beamdeploy_asgi", "build", *args, "-o", str(outdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def read_artifact(artifact: Path) -> tuple[dict, dict[str, bytes]]:
     with tarfile.open(artifact) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
@@ -102,12 +112,7 @@ def test_build_refuses_what_it_cannot_build(tmp_path: Path):
     pyproject.write_text(pyproject.read_text().replace('app = "sample.app:app"', ""))
     cases.append(([str(project)], "no app for the release (give it in [tool.beamdeploy] app"))
     for args, message in cases:
-        done = subprocess.run(
-            [sys.executable, "-m", "beamdeploy_asgi", "build", *args, "-o", str(tmp_path / "o")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_build(tmp_path / "o", *args)
         assert done.returncode == 1 and message in done.stderr, done.stderr
 
 
@@ -122,12 +127,7 @@ def test_build_honours_uv_lock(tmp_path: Path):
     assert locked.returncode == 0, locked.stderr
     # Loosen the requirement without re-locking: the lock, not the metadata, decides.
     pyproject.write_text(pyproject.read_text().replace('["starlette<0.47"]', '["starlette"]'))
-    done = subprocess.run(
-        [sys.executable, "-m", "beamdeploy_asgi", "build", str(project), "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_build(tmp_path / "o", str(project))
     assert done.returncode == 0, done.stderr
     assert "from uv-lock-requirements.txt" in done.stdout
     _, files = read_artifact(tmp_path / "o" / "sample-3.0.0.tar.gz")
@@ -174,12 +174,7 @@ def test_a_requirements_txt_naming_the_project_itself_builds(tmp_path: Path):
     """`-e .` is the project, built from source like always, not a direct reference."""
     project = write_project(tmp_path, "4.0.0")
     (project / "requirements.txt").write_text("starlette==0.46.2\n-e .\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "beamdeploy_asgi", "build", str(project), "-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_build(tmp_path / "o", str(project))
     assert done.returncode == 0, done.stderr
     _, files = read_artifact(tmp_path / "o" / "sample-4.0.0.tar.gz")
     assert [n for n in files if n.startswith("wheels/sample-4.0.0-")]

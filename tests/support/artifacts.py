@@ -36,44 +36,16 @@ def write_project(root: Path, version: str, dependencies: tuple[str, ...] = ("st
     project = root / f"sample-src-{version}"
     (project / "sample").mkdir(parents=True)
     (project / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""
-            [build-system]
-            requires = ["hatchling"]
-            build-backend = "hatchling.build"
-
-            [project]
-            name = "sample"
-            version = "{version}"
-            dependencies = {json.dumps(list(dependencies))}
-
-            [tool.beamdeploy]
-            app = "sample.app:app"
-
-            [tool.hatch.metadata]
-            allow-direct-references = true
-            """
-        )
+        pyproject("sample", version, dependencies, '[tool.beamdeploy]\napp = "sample.app:app"\n')
     )
     (project / "sample" / "__init__.py").write_text("")
     (project / "sample" / "app.py").write_text(f'VERSION = "{version}"\n' + SAMPLE_APP)
     return project
 
 
-def local_package(
-    links: Path,
-    name: str,
-    version: str = "1.0",
-    dependencies: tuple[str, ...] = (),
-    *,
-    sdist_only: bool = False,
-) -> Path:
-    """A tiny package built into `links` (a --find-links directory): a wheel, or an sdist only."""
-    source = links.parent / f"{name}-{version}-src"
-    module = source / "src" / name.replace("-", "_")
-    module.mkdir(parents=True)
-    (module / "__init__.py").write_text("")
-    (source / "pyproject.toml").write_text(
+def pyproject(name: str, version: str, dependencies: tuple[str, ...], extra: str = "") -> str:
+    """A hatchling project's pyproject.toml (direct references allowed, for refusal tests)."""
+    return (
         textwrap.dedent(
             f"""
             [build-system]
@@ -89,7 +61,24 @@ def local_package(
             allow-direct-references = true
             """
         )
+        + extra
     )
+
+
+def local_package(
+    links: Path,
+    name: str,
+    version: str = "1.0",
+    dependencies: tuple[str, ...] = (),
+    *,
+    sdist_only: bool = False,
+) -> Path:
+    """A tiny package built into `links` (a --find-links directory): a wheel, or an sdist only."""
+    source = links.parent / f"{name}-{version}-src"
+    module = source / "src" / name.replace("-", "_")
+    module.mkdir(parents=True)
+    (module / "__init__.py").write_text("")
+    (source / "pyproject.toml").write_text(pyproject(name, version, dependencies))
     kind = "--sdist" if sdist_only else "--wheel"
     done = subprocess.run(
         [find_uv_bin(), "build", kind, "--out-dir", str(links), str(source)],
