@@ -1,20 +1,30 @@
-"""One swap under load: beamdeploy upgrade vs gunicorn HUP with uvicorn-worker.
+"""One swap under load vs gunicorn HUP, and an upgrade vs a standalone uvicorn boot.
 
-Both servers run the same Starlette app with 2 workers on 127.0.0.1, under
-the same bounded load (keep-alive and Connection: close clients). Prints
-failed requests, p50/p99 latency before and during the swap, and how long
-the swap took (for beamdeploy split into preflight import, boot, promotion
-and drain).
+Under load: both servers run the same Starlette app with 2 workers on
+127.0.0.1, under the same bounded load (keep-alive and Connection: close
+clients). Prints failed requests, p50/p99 latency before and during the swap,
+and how long the swap took (for beamdeploy split into preflight import, boot,
+promotion and drain).
 
-    .venv/bin/python benchmarks/swap.py [--clients 20] [--close-clients 4]
+Without load: the release's own `python -m uvicorn APP` is started N times,
+timed from Popen to its first 200; then a 2-worker beamdeploy server is
+swapped N times between v1 and v2, each `beamdeploy_asgi.upgrade()` timed
+from the call to `done`. Prints both medians, their ratio, and the median of
+each phase of the deployments' timings.
+
+    .venv/bin/python benchmarks/swap.py [--clients 20] [--close-clients 4] [--boots 10]
+                                        [--no-load] [--bytecode]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,8 +90,8 @@ def load_for(url: str, args: argparse.Namespace) -> Load:
 def measure_beamdeploy(work: Path, v1: Path, v2: Path, args: argparse.Namespace) -> Measurement:
     measurement = Measurement("beamdeploy upgrade")
     server = ServerProcess(work / "beamdeploy", ["--workers", "2", "--release", str(v1)])
-    server.start()
     try:
+        server.start()
         load = load_for(server.url, args)
         load.start()
         time.sleep(args.before)
@@ -174,25 +184,7 @@ def wait_until_up(url: str) -> None:
     raise RuntimeError(f"{url} never answered")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=20, help="keep-alive clients")
-    parser.add_argument("--close-clients", type=int, default=4, help="Connection: close clients")
-    parser.add_argument("--before", type=float, default=4.0, help="seconds of load before")
-    parser.add_argument("--after", type=float, default=2.0, help="seconds of load after")
-    args = parser.parse_args()
-    socket.setdefaulttimeout(30)
-    with tempfile.TemporaryDirectory(prefix="beamdeploy-bench-") as tmp:
-        work = Path(tmp)
-        print("building releases v1 and v2 ...", flush=True)
-        factory = ReleaseFactory(work / "releases", build_wheel(work / "wheel"))
-        v1 = factory.make("v1", versioned_app("v1"))
-        v2 = factory.make("v2", versioned_app("v2"))
-        print("measuring beamdeploy upgrade ...", flush=True)
-        beam = measure_beamdeploy(work, v1, v2, args)
-        print("measuring gunicorn HUP (uvicorn-worker) ...", flush=True)
-        hup = measure_gunicorn_hup(work, args)
-    print()
+def print_under_load(beam: Measurement, hup: Measurement, args: argparse.Namespace) -> None:
     print(f"one swap, 2 workers, {args.clients} keep-alive + {args.close_clients} close clients")
     print(f"{'':24}{beam.name:>20}{hup.name:>16}")
     hup_rows = hup.rows()
@@ -201,6 +193,175 @@ def main() -> None:
     for m in (beam, hup):
         if m.result.failures:
             print(f"\n{m.name}: first failures: {m.result.failures[:3]}")
+
+
+# -- an upgrade without load vs a standalone uvicorn boot --------------------
+
+POLL = 0.005  # coarser polling would add to the boot figure it measures
+
+
+def answers_200(port: int) -> bool:
+    """Whether GET / on 127.0.0.1:port answers 200 now (a new connection each time)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().status == 200
+    except OSError:  # refused while nothing listens yet, reset while it starts
+        return False
+    finally:
+        connection.close()
+
+
+def boot_uvicorn(release: Path, log_path: Path) -> float:
+    """Seconds from Popen of the release's `python -m uvicorn APP` to its first 200."""
+    manifest = json.loads((release / "beamdeploy-release.json").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEAMDEPLOY")}
+    env.pop("VIRTUAL_ENV", None)
+    env["PYTHONPATH"] = os.pathsep.join(str(release / p) for p in manifest["pythonpath"])
+    port = free_port()
+    command = [
+        str(release / "venv" / "bin" / "python"),
+        "-m",
+        "uvicorn",
+        manifest["app"],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(log_path, "ab") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            command,
+            cwd=release,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = started + 60
+        while not answers_200(port):
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"uvicorn exited with {proc.returncode}:\n{log_path.read_text()}"
+                )
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"uvicorn did not answer within 60 s:\n{log_path.read_text()}")
+            time.sleep(POLL)
+        return time.perf_counter() - started
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def measure_boots(work: Path, release: Path, runs: int) -> list[float]:
+    return [boot_uvicorn(release, work / "uvicorn.log") for _ in range(runs)]
+
+
+def measure_swaps(
+    work: Path, v1: Path, v2: Path, runs: int
+) -> tuple[list[float], list[dict[str, float]]]:
+    """Seconds from upgrade() to `done` for each swap, and each deployment's timings."""
+    server = ServerProcess(work / "beamdeploy-swaps", ["--workers", "2", "--release", str(v1)])
+    took: list[float] = []
+    timings: list[dict[str, float]] = []
+    try:
+        server.start()
+        for run in range(runs):
+            target = v2 if run % 2 == 0 else v1
+            started = time.perf_counter()
+            deployment = beamdeploy_asgi.upgrade(target, state_dir=server.state_dir)
+            took.append(time.perf_counter() - started)
+            # The next swap starts once the old generation has gone (its drain
+            # outlives `done`), so that it is timed on an idle machine, and
+            # the record then has the drain's timing too.
+            status = server.wait_for(lambda s: not s["draining"], timeout=120)
+            record = next(d for d in status["deployments"] if d["id"] == deployment["id"])
+            timings.append(record["timings"])
+    finally:
+        server.stop()
+    return took, timings
+
+
+def print_boot_vs_swap(boots: list[float], swaps: list[float], timings: list[dict]) -> None:
+    print(f"uvicorn boot vs beamdeploy upgrade, 2 workers, no load, {len(boots)}/{len(swaps)} runs")
+    print(f"{'':36}{'median':>8}{'min':>8}{'max':>8}")
+    for name, values in (
+        ("uvicorn boot, Popen to first 200 (s)", boots),
+        ("beamdeploy upgrade to done (s)", swaps),
+    ):
+        print(f"{name:36}{statistics.median(values):8.3f}{min(values):8.3f}{max(values):8.3f}")
+    ratio = statistics.median(swaps) / statistics.median(boots)
+    print(f"{'ratio upgrade / boot (medians)':36}{ratio:7.2f}x")
+    phases: list[str] = []
+    for record in timings:
+        phases += [phase for phase in record if phase not in phases]
+    print("upgrade phases (s), from the deployment records:")
+    for phase in phases:
+        values = [record[phase] for record in timings if phase in record]
+        print(f"  {phase:34}{statistics.median(values):8.3f}{min(values):8.3f}{max(values):8.3f}")
+
+
+def compile_bytecode(release: Path) -> None:
+    """Write the .pyc of every module of the release, as pip does at install (uv does not)."""
+    python = str(release / "venv" / "bin" / "python")
+    where = [str(release / "venv" / "lib"), str(release / "app")]
+    # Not checked: a package may ship a file that does not compile on this Python.
+    subprocess.run([python, "-m", "compileall", "-q", *where], stdout=subprocess.DEVNULL)
+
+
+def bytecode_note(args: argparse.Namespace) -> str:
+    if args.bytecode:
+        return "bytecode: compiled before the runs (--bytecode)"
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return "bytecode: none (PYTHONDONTWRITEBYTECODE is set), every boot compiles its modules"
+    return "bytecode: written by the first boot of each release"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=20, help="keep-alive clients")
+    parser.add_argument("--close-clients", type=int, default=4, help="Connection: close clients")
+    parser.add_argument("--before", type=float, default=4.0, help="seconds of load before")
+    parser.add_argument("--after", type=float, default=2.0, help="seconds of load after")
+    parser.add_argument(
+        "--boots", type=int, default=10, help="uvicorn boots, and upgrades, without load"
+    )
+    parser.add_argument("--no-load", action="store_true", help="skip the swap under load")
+    parser.add_argument(
+        "--bytecode", action="store_true", help="compile the releases' .pyc before measuring"
+    )
+    args = parser.parse_args()
+    socket.setdefaulttimeout(30)
+    with tempfile.TemporaryDirectory(prefix="beamdeploy-bench-") as tmp:
+        work = Path(tmp)
+        print("building releases v1 and v2 ...", flush=True)
+        factory = ReleaseFactory(work / "releases", build_wheel(work / "wheel"))
+        v1 = factory.make("v1", versioned_app("v1"))
+        v2 = factory.make("v2", versioned_app("v2"))
+        if args.bytecode:
+            compile_bytecode(v1)
+            compile_bytecode(v2)
+        if not args.no_load:
+            print("measuring beamdeploy upgrade ...", flush=True)
+            beam = measure_beamdeploy(work, v1, v2, args)
+            print("measuring gunicorn HUP (uvicorn-worker) ...", flush=True)
+            hup = measure_gunicorn_hup(work, args)
+        print(f"measuring {args.boots} standalone uvicorn boots of v1 ...", flush=True)
+        boots = measure_boots(work, v1, args.boots)
+        print(f"measuring {args.boots} upgrades without load ...", flush=True)
+        swaps, timings = measure_swaps(work, v1, v2, args.boots)
+    if not args.no_load:
+        print()
+        print_under_load(beam, hup, args)
+    print()
+    print_boot_vs_swap(boots, swaps, timings)
+    print(bytecode_note(args))
 
 
 if __name__ == "__main__":
