@@ -14,7 +14,6 @@ from gunicorn.app.base import Application
 from gunicorn.errors import ConfigError
 
 import beamdeploy_asgi.settings  # noqa: F401  (registers beamdeploy's settings)
-from beamdeploy_asgi.help_text import readable_parser
 
 WORKER_CLASS = "beamdeploy_asgi.Worker"
 
@@ -66,7 +65,10 @@ class Configuration(Application):
     def load_default_config(self) -> None:
         super().load_default_config()
         self.cfg.set("worker_class", WORKER_CLASS)
-        self.cfg.parser = readable_parser(self.cfg)  # plain-text --help, real defaults
+        if not self.lenient:  # a worker never prints --help: it keeps gunicorn's own parser
+            from beamdeploy_asgi.help_text import readable_parser
+
+            self.cfg.parser = readable_parser(self.cfg)  # plain-text --help, real defaults
 
     def load_config(self) -> None:
         if self.lenient:

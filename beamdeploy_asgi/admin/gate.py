@@ -14,17 +14,13 @@ from typing import Any
 
 from beamdeploy_asgi import running as worker_runtime
 from beamdeploy_asgi.admin.errors import error_response
+from beamdeploy_asgi.admin.mount import route_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import simple_request
 
 PUBLIC = "/health"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="beamdeploy"'}
 TOKEN_SCOPE_KEY = "beamdeploy.token"  # the checked token, for the endpoints to pass on
-
-
-def route_path(scope: dict[str, Any]) -> str:
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def presented_token(scope: Mapping[str, Any]) -> str | None:

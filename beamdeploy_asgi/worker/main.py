@@ -21,8 +21,7 @@ import uvicorn
 from uvicorn.importer import import_from_string
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from beamdeploy_asgi.admin import app as admin_app
-from beamdeploy_asgi.admin.mount import AdminMount
+from beamdeploy_asgi.admin.mount import AdminMount, BuiltOnFirstUse
 from beamdeploy_asgi.protocol import (
     GENERATION_ENV,
     RELEASE_NAME_ENV,
@@ -125,14 +124,32 @@ def app_origin(app_spec: str, release_path: str | None) -> str | None:
 
 
 def with_admin(config: uvicorn.Config, runtime: WorkerRuntime) -> Any:
-    """The admin API in front of the app, unless the app mounted it itself."""
+    """The admin API in front of the app, unless the app mounted it itself.
+
+    Without an admin token only its /health answers, so the admin app
+    (Starlette, the routes, the OpenAPI schema) is built at the first request
+    under the prefix rather than at every worker's boot.
+    """
     prefix = runtime.cfg.admin_prefix
-    if not prefix or admin_app.mounted_by_app():
+    if not prefix or app_mounted_admin():
         return config.loaded_app
-    admin = admin_app.build_admin_app()
-    if config.proxy_headers:
-        admin = ProxyHeadersMiddleware(admin, trusted_hosts=config.forwarded_allow_ips)
+
+    def build() -> Any:
+        from beamdeploy_asgi.admin.app import build_admin_app
+
+        admin = build_admin_app()
+        if config.proxy_headers:
+            admin = ProxyHeadersMiddleware(admin, trusted_hosts=config.forwarded_allow_ips)
+        return admin
+
+    admin = build() if runtime.admin_enabled else BuiltOnFirstUse(build)
     return AdminMount(prefix, admin, config.loaded_app)
+
+
+def app_mounted_admin() -> bool:
+    """Whether the app mounted admin_app() itself (it had to import it for that)."""
+    admin_app = sys.modules.get("beamdeploy_asgi.admin.app")
+    return admin_app is not None and admin_app.mounted_by_app()
 
 
 def uvicorn_options(cfg: Any) -> dict[str, Any]:
