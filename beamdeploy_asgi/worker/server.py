@@ -31,6 +31,7 @@ from beamdeploy_asgi.worker.health import check_health
 
 POLL = 0.05
 ACCEPTED_SETTLE = 0.1
+TICK = 0.1  # uvicorn's main loop interval
 
 
 class ErrorCapture(logging.Handler):
@@ -168,6 +169,23 @@ class WorkerServer(uvicorn.Server):
         if self.lifespan_started and not self.force_exit:
             await self.lifespan.shutdown()
         raise StoppedBeforeServing()
+
+    # -- serving -----------------------------------------------------------
+
+    async def main_loop(self) -> None:
+        """uvicorn's loop, woken at once by a drain or a stop instead of at its next tick.
+
+        uvicorn looks at should_exit every 0.1 s, and a draining worker stops
+        accepting (and tells the arbiter, which waits for that to finish a
+        deployment) only once this loop has ended.
+        """
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), TICK)
+            should_exit = await self.on_tick(counter)
 
     # -- drain -------------------------------------------------------------
 
