@@ -41,4 +41,13 @@ def confined(release: str, release_dirs: list[str]) -> Path:
         raise PathNotAllowed(
             f"release {release!r} is not inside a release directory ({', '.join(release_dirs)})"
         )
-    return next((c for c in inside if c.exists()), inside[0])
+    return next((c for c in inside if _exists(c)), inside[0])
+
+
+def _exists(path: Path) -> bool:
+    """Like Path.exists, but a name too long (or otherwise unusable) is simply not there."""
+    try:
+        path.stat()
+    except (OSError, ValueError):
+        return False
+    return True

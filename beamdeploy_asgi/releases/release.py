@@ -43,6 +43,14 @@ class Release:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Release:
         """Read and check a release directory, naming exactly what is wrong."""
+        try:
+            return cls._load(directory)
+        except (OSError, ValueError) as exc:  # a name too long, a directory we may not read
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ReleaseError(f"cannot read release {str(directory)[:200]!r}: {detail}") from None
+
+    @classmethod
+    def _load(cls, directory: str | os.PathLike[str]) -> Release:
         root = Path(directory).expanduser()
         if not root.exists():
             raise ReleaseError(f"release {str(directory)!r} does not exist")
