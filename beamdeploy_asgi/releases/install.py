@@ -199,7 +199,13 @@ def _private_copy(artifact: Path, where: Path, limits: Limits) -> tuple[Path, st
 
 
 def venv_commands(staging: Path, python: str, wheels: list[Path], tool: str) -> list[list[str]]:
-    """Make the venv, then install exactly these wheels into it: no index, no dependencies."""
+    """Make the venv, then install exactly these wheels into it: no index, no dependencies.
+
+    The bytecode is compiled now, as the builder: once sealed, the venv is
+    read-only to the workers, who would otherwise compile every module again
+    at each boot. pip does it in its own process; for uv, compileall runs
+    with ``-S``, so no ``.pth`` file of the artifact runs at install.
+    """
     venv = staging / "venv"
     files = [str(wheel) for wheel in wheels]
     if tool == "uv":
@@ -211,6 +217,7 @@ def venv_commands(staging: Path, python: str, wheels: list[Path], tool: str) -> 
                 "--no-index", "--no-deps", "--no-build", "--python", str(venv / "bin" / "python"),
                 *files,
             ],
+            [str(venv / "bin" / "python"), "-I", "-S", "-m", "compileall", "-q", str(venv / "lib")],
         ]  # fmt: skip
     return [
         [python, "-m", "venv", str(venv)],
