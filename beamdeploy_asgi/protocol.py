@@ -29,7 +29,6 @@ TOKEN_ENV = "BEAMDEPLOY_TOKEN"  # read by the arbiter alone
 GENERATION_ENV = "BEAMDEPLOY_GENERATION"  # for the app: which generation runs it
 RELEASE_NAME_ENV = "BEAMDEPLOY_RELEASE_NAME"
 RELEASE_VERSION_ENV = "BEAMDEPLOY_RELEASE_VERSION"
-RELEASE_PATH_ENV = "BEAMDEPLOY_RELEASE_PATH"  # the preflight checks the app comes from there
 DAEMONIZED_ENV = "BEAMDEPLOY_DAEMONIZED"
 
 
@@ -49,6 +48,7 @@ def state_dir_path(given: str | None = None) -> str:
 class Event(str, enum.Enum):
     """What a worker tells its arbiter: ``{"event": EVENT, ...}``."""
 
+    IMPORTED = "imported"  # the app imported, from inside its release (protocol 1, optional)
     READY = "ready"  # booted and checked; fields: protocol, app_file
     SERVING = "serving"  # accepting connections
     DRAINING = "draining"  # stopped accepting

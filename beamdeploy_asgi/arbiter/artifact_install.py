@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from beamdeploy_asgi.arbiter.spawn import worker_owner
-from beamdeploy_asgi.arbiter.tasks import Task
+from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
+from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
 from beamdeploy_asgi.releases.disk import disk_full
 
 INSTALL_TIMEOUT = 900.0
@@ -30,7 +30,7 @@ class ArtifactInstall:
         *,
         state_dir: str,
         cfg: Any,
-        start_task: Callable[..., None],
+        tasks: TaskRunner,
         progress: Callable[[str], None],
         done: Callable[[str], None],
         failed: Callable[[str], None],
@@ -40,7 +40,7 @@ class ArtifactInstall:
         self.artifact = artifact
         self.state_dir = state_dir
         self.cfg = cfg
-        self.start_task = start_task
+        self.tasks = tasks
         self.progress = progress
         self.done = done
         self.failed = failed
@@ -143,8 +143,8 @@ class ArtifactInstall:
 
     def _remove_staging(self) -> None:
         if self.staging is not None:
-            self.start_task("remove", ["rm", "-rf", "--", self.staging], on_line=_ignore,
-                            on_exit=_ignore, timeout=INSTALL_TIMEOUT, cleanup=True)  # fmt: skip
+            self.tasks.start("remove", ["rm", "-rf", "--", self.staging], on_line=_ignore,
+                             on_exit=_ignore, timeout=INSTALL_TIMEOUT)  # fmt: skip
             self.staging = None
 
     def _task(
@@ -159,8 +159,21 @@ class ArtifactInstall:
             if trusted and "progress" in message:
                 self.progress(str(message["progress"]))
 
+        def could_not_start(exc: OSError) -> None:
+            problem = owner_problem(exc, self.cfg, argv[0], kw["cwd"]) if kw.get("owner") else exc
+            self._remove_staging()
+            self.failed(f"{name} could not start: {problem}")
+
         kw.setdefault("cwd", self.state_dir)  # nothing from the app's directory on sys.path
-        self.start_task(name, argv, on_line=on_line, on_exit=on_exit, timeout=INSTALL_TIMEOUT, **kw)
+        self.tasks.start(
+            name,
+            argv,
+            on_line=on_line,
+            on_exit=on_exit,
+            timeout=INSTALL_TIMEOUT,
+            could_not_start=could_not_start,
+            **kw,
+        )
 
 
 def died(task: Task, what: str) -> str:
@@ -172,8 +185,6 @@ def died(task: Task, what: str) -> str:
     if not tail:
         return f"{what} {how}"
     last = tail.splitlines()[-1].strip()
-    if "No module named 'beamdeploy_asgi'" in tail:
-        last = "the release's venv lacks beamdeploy-asgi, which runs its workers"
     if "No space left on device" in tail:
         last = "no space left on device"
     return f"{what} {how}: {last}\n{tail}"

@@ -55,7 +55,6 @@ class Deployment:
     events: list[dict[str, Any]] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    booting_since: float | None = None
 
     @property
     def ended(self) -> bool:

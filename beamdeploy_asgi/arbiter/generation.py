@@ -82,11 +82,6 @@ class WorkerProcess:
             except (KeyError, ValueError):
                 self.outbox.clear()  # no longer watched: the worker is gone or rejected
 
-    def served_for(self) -> float:
-        if self.serving_since is None:
-            return 0.0
-        return time.monotonic() - self.serving_since
-
     def describe(self) -> dict[str, Any]:
         return {
             "pid": self.pid,

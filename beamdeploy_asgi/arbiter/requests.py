@@ -1,56 +1,69 @@
-"""What the arbiter answers on its control socket."""
+"""What the arbiter answers on its control socket: one method per operation."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from beamdeploy_asgi.arbiter.control_server import Replier
+from beamdeploy_asgi.arbiter.deployer import Busy, Deployer
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import GenerationState
-from beamdeploy_asgi.arbiter.listeners import describe
+from beamdeploy_asgi.arbiter.pool import WorkerPool
+from beamdeploy_asgi.arbiter.rollback import rollback_target
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
-from beamdeploy_asgi.version import __version__
+from beamdeploy_asgi.releases.store import ReleaseStore
 
 
 class ControlRequests:
-    """Mixin of BeamArbiter: one method per control operation."""
+    def __init__(
+        self,
+        *,
+        deployer: Deployer,
+        pool: WorkerPool,
+        store: ReleaseStore,
+        keep_releases: int,
+        describe_arbiter: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.deployer = deployer
+        self.pool = pool
+        self.store = store
+        self.keep_releases = keep_releases
+        self.describe_arbiter = describe_arbiter
 
-    def handle_control(self: Any, request: dict[str, Any], conn: Replier) -> None:
+    def handle(self, request: dict[str, Any], conn: Replier) -> None:
         op = request["op"]
         if op == "ping":
-            conn.reply({"pid": self.pid, "upgrading": self.deployment is not None})
+            conn.reply({"pid": os.getpid(), "upgrading": self.deployer.current is not None})
         elif op == "status":
             conn.reply(self.status())
         elif op == "upgrade":
-            self.control_upgrade(request, conn)
+            self.upgrade(request, conn)
         elif op == "rollback":
-            self.control_rollback(request, conn)
+            self.rollback(request, conn)
         elif op == "releases":
             conn.reply(self.releases())
         elif op == "deployments":
-            conn.reply({"deployments": self.recent_deployments()})
+            conn.reply({"deployments": self.deployer.recent()})
         elif op == "deployment":
-            self.control_deployment(request, conn)
+            self.deployment(request, conn)
         else:
             conn.fail("unknown_op", f"unknown control operation {op!r}")
 
-    def _refuse_busy(self: Any, conn: Replier) -> bool:
-        if self.deployment is not None:
-            conn.fail(
-                "upgrade_in_progress",
-                f"upgrade in progress: deployment {self.deployment.id} "
-                f"({self.deployment.phase}); try again when it has ended",
-            )
+    def _refuse_busy(self, conn: Replier) -> bool:
+        current = self.deployer.current
+        if current is not None:
+            conn.fail("upgrade_in_progress", str(Busy(current)))
             return True
-        if self.serving is None or self.stopping:
+        if self.pool.serving is None or self.pool.stopping:
             conn.fail("unavailable", "the arbiter is not serving")
             return True
         return False
 
-    def control_upgrade(self: Any, request: dict[str, Any], conn: Replier) -> None:
+    def upgrade(self, request: dict[str, Any], conn: Replier) -> None:
         path = request.get("release")
         if not isinstance(path, str) or not path or "\x00" in path:
             conn.fail("bad_request", "'release' must be the path of a release or an artifact")
@@ -66,7 +79,7 @@ class ControlRequests:
                 conn.fail("bad_request", "only uploads may be removed after their install")
                 return
         if os.path.isfile(path):
-            deployment = self.start_deployment(
+            deployment = self.deployer.start(
                 "upgrade", artifact=os.path.abspath(path), remove_after=remove_after
             )
         else:
@@ -75,51 +88,52 @@ class ControlRequests:
             except ReleaseError as exc:
                 conn.fail("invalid_release", str(exc))
                 return
-            deployment = self.start_deployment("upgrade", release=release, preflight=True)
+            deployment = self.deployer.start("upgrade", release=release, preflight=True)
         self._answer(deployment, request, conn)
 
-    def control_rollback(self: Any, request: dict[str, Any], conn: Replier) -> None:
+    def rollback(self, request: dict[str, Any], conn: Replier) -> None:
         version = request.get("to")
         if version is not None and (not isinstance(version, str) or not version):
             conn.fail("bad_request", "'to' must be a release version")
             return
         if self._refuse_busy(conn):
             return
+        serving = self.pool.serving
         try:
-            release = Release.load(self.rollback_target(version))
+            path = rollback_target(
+                version,
+                serving=serving.release.path if serving else None,
+                records=self.deployer.recent(limit=1000),
+                kept=self.store.releases(),
+            )
+            release = Release.load(path)
         except LookupError as exc:
             conn.fail("no_release", str(exc.args[0]))
             return
         except ReleaseError as exc:
             conn.fail("invalid_release", str(exc))
             return
-        deployment = self.start_deployment("rollback", release=release, preflight=True)
+        deployment = self.deployer.start("rollback", release=release, preflight=True)
         self._answer(deployment, request, conn)
 
-    def _answer(self: Any, deployment: Deployment, request: dict, conn: Replier) -> None:
+    def deployment(self, request: dict[str, Any], conn: Replier) -> None:
+        found = self.deployer.find(request.get("id"))
+        if found is None:
+            conn.fail("not_found", f"no deployment with id {request.get('id')!r}")
+        elif isinstance(found, Deployment):
+            self._answer(found, request, conn)
+        else:  # the record of an earlier arbiter's deployment
+            if request.get("follow"):
+                conn.send({"event": {"phase": found.get("phase"), "message": "ended"}})
+            conn.reply(found)
+
+    def _answer(self, deployment: Deployment, request: dict[str, Any], conn: Replier) -> None:
         if request.get("follow"):
             self._follow(deployment, conn)
         else:
             conn.reply(deployment.describe())
 
-    def control_deployment(self: Any, request: dict[str, Any], conn: Replier) -> None:
-        wanted = request.get("id")
-        for deployment in self.deployments:
-            if deployment.id == wanted:
-                if request.get("follow"):
-                    self._follow(deployment, conn)
-                else:
-                    conn.reply(deployment.describe())
-                return
-        for record in self.past:
-            if record.get("id") == wanted:
-                if request.get("follow"):
-                    conn.send({"event": {"phase": record.get("phase"), "message": "ended"}})
-                conn.reply(record)
-                return
-        conn.fail("not_found", f"no deployment with id {wanted!r}")
-
-    def _follow(self: Any, deployment: Deployment, conn: Replier) -> None:
+    def _follow(self, deployment: Deployment, conn: Replier) -> None:
         for event in deployment.events:
             conn.send({"event": event})
         if deployment.ended:
@@ -133,16 +147,9 @@ class ControlRequests:
 
         deployment.listeners.append(forward)
 
-    def recent_deployments(self: Any, limit: int = 50) -> list[dict[str, Any]]:
-        """This run's deployments, then those in the history file, newest first."""
-        records = [d.describe() for d in reversed(self.deployments)]
-        seen = {r["id"] for r in records}
-        records += [r for r in self.past if r.get("id") not in seen]
-        return records[:limit]
-
-    def releases(self: Any) -> dict[str, Any]:
+    def releases(self) -> dict[str, Any]:
         current = self.store.current()
-        serving = self.serving.release.path if self.serving else None
+        serving = self.pool.serving.release.path if self.pool.serving else None
         listed = []
         for release in reversed(self.store.releases()):  # newest first
             listed.append(
@@ -155,26 +162,20 @@ class ControlRequests:
         return {
             "releases": listed,
             "current": str(current) if current else None,
-            "keep": self.cfg.keep_releases,
+            "keep": self.keep_releases,
         }
 
-    def status(self: Any) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         def generations(state: GenerationState) -> list[dict[str, Any]]:
-            return [g.describe() for g in self.generations if g.state is state]
+            return [g.describe() for g in self.pool.generations if g.state is state]
 
+        current = self.deployer.current
         return {
-            "arbiter": {
-                "pid": self.pid,
-                "version": __version__,
-                "state_dir": self.state_dir,
-                "listeners": [describe(s) for s in self.LISTENERS],
-                "workers": self.num_workers,
-                "started_at": self.started_at,
-            },
-            "serving": self.serving.describe() if self.serving else None,
+            "arbiter": self.describe_arbiter(),
+            "serving": self.pool.serving.describe() if self.pool.serving else None,
             "booting": generations(GenerationState.BOOTING),
             "draining": generations(GenerationState.DRAINING),
-            "upgrading": self.deployment is not None,
-            "deployment": self.deployment.describe() if self.deployment else None,
-            "deployments": self.recent_deployments(limit=10),
+            "upgrading": current is not None,
+            "deployment": current.describe() if current else None,
+            "deployments": self.deployer.recent(limit=10),
         }

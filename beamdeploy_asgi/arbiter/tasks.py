@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
+from logging import Logger
 from typing import Any
 
 from beamdeploy_asgi.lines import LineBuffer, LineTooLong, parse_object
@@ -142,3 +143,52 @@ class Task:
 
     def output_tail(self, lines: int = 15) -> str:
         return "\n".join(list(self.text)[-lines:])
+
+
+class TaskRunner:
+    """The helper subprocesses running now, watched by the arbiter's selector."""
+
+    def __init__(self, selector: selectors.BaseSelector, log: Logger) -> None:
+        self.selector = selector
+        self.log = log
+        self.running: dict[int, Task] = {}
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        could_not_start: Callable[[OSError], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Start a task; if it cannot start, `could_not_start` gets the error (or it is logged)."""
+        try:
+            task = Task(name, argv, selector=self.selector, **kwargs)
+        except OSError as exc:
+            if could_not_start is None:
+                self.log.error("%s could not start: %s", name, exc)
+            else:
+                could_not_start(exc)
+            return
+        self.running[task.pid] = task
+
+    def exited(self, pid: int, status: int) -> bool:
+        """A reaped child; False if it is no task of ours."""
+        task = self.running.pop(pid, None)
+        if task is None:
+            return False
+        task.exited(status)
+        return True
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for task in self.running.values():
+            if now > task.deadline:
+                self.log.error("%s did not finish in time, killing it", task.name)
+                task.text.append(f"killed: {task.name} did not finish in time")
+                task.deadline = float("inf")
+                task.kill()
+
+    def kill_all(self) -> None:
+        for task in self.running.values():
+            task.kill()

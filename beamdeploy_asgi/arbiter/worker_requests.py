@@ -9,10 +9,14 @@ but without the token it gets nothing.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from logging import Logger
 from typing import Any
 
+from beamdeploy_asgi.arbiter.control_server import Handler
 from beamdeploy_asgi.arbiter.generation import WorkerProcess
 from beamdeploy_asgi.protocol import Command
+from beamdeploy_asgi.releases.confine import PathNotAllowed, confined
 
 MAX_TOKEN = 4096
 
@@ -61,3 +65,63 @@ def parse_request(message: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         return None
     return request_id, request
+
+
+class ForwardedRequests:
+    """Checks each forwarded request's token, then hands it to the control handler."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None,
+        release_dirs: list[str],
+        handle: Handler,
+        reject: Callable[[WorkerProcess, str], None],
+        log: Logger,
+    ) -> None:
+        self.token = token
+        self.release_dirs = release_dirs
+        self.handle = handle
+        self.reject = reject
+        self.log = log
+
+    def __call__(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        parsed = parse_request(message)
+        if parsed is None:
+            self.reject(worker, f"worker {worker.pid} forwarded a malformed admin request")
+            return
+        request_id, request = parsed
+        conn = WorkerConnection(worker, request_id)
+        if self.token is None:
+            conn.fail("not_found", "the admin API is off: no admin token is set")
+        elif not token_matches(message.get("token"), self.token):
+            self.log.warning(
+                "admin: refused %r forwarded by worker %s (wrong token)",
+                request["op"][:40],
+                worker.pid,
+            )
+            conn.fail("unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
+        elif request["op"] == "auth":
+            conn.reply({"ok": True})
+        elif self._confine(request, conn):
+            try:
+                self.handle(request, conn)
+            except Exception:
+                self.log.exception("admin request %r failed", request["op"][:40])
+                conn.fail("internal_error", "the arbiter failed to handle this request")
+
+    def _confine(self, request: dict[str, Any], conn: WorkerConnection) -> bool:
+        """An upgrade over HTTP deploys an upload, or a path inside --release-dir only."""
+        release = request.get("release")
+        if (
+            request["op"] != "upgrade"
+            or request.get("remove_after")
+            or not isinstance(release, str)
+        ):
+            return True  # uploads are confined to the uploads dir by the upgrade itself
+        try:
+            request["release"] = str(confined(release, self.release_dirs))
+        except PathNotAllowed as exc:
+            conn.fail(exc.code, str(exc))
+            return False
+        return True

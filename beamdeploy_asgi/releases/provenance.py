@@ -12,12 +12,25 @@ from __future__ import annotations
 import os
 import sys
 
+from beamdeploy_asgi.protocol import SPEC_ENV, Event
+
 # Run by `python -c` in place of `python -m MODULE`: `-m` would put the
 # working directory first on sys.path, where an old checkout shadows the
-# release. `-c` puts '' there instead, which this takes out again.
+# release. `-c` puts '' there instead, which this takes out again. A venv
+# without beamdeploy-asgi cannot run a worker, nor say why: this says it on
+# the status channel the arbiter handed over.
 BOOTSTRAP = (
     "import sys, runpy\n"
     "if sys.path[:1] == ['']: del sys.path[0]\n"
+    "try:\n"
+    "    import beamdeploy_asgi\n"
+    "except ImportError as exc:\n"
+    "    import json, os\n"
+    "    why = {{'event': {failed!r}, 'phase': 'import', 'error':\n"
+    '        f"the release\'s venv lacks beamdeploy-asgi, which runs its workers ({{exc}})"}}\n'
+    "    fd = json.loads(os.environ.get({spec_env!r}) or '{{}}').get('channel_fd')\n"
+    "    if isinstance(fd, int): os.write(fd, json.dumps(why).encode() + b'\\n')\n"
+    "    sys.exit(why['error'])\n"
     "runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
 )
 
@@ -31,7 +44,8 @@ class ProvenanceError(Exception):
 
 def bootstrap(module: str) -> list[str]:
     """Arguments after the interpreter that run `module` as ``__main__``."""
-    return ["-c", BOOTSTRAP.format(module=module)]
+    code = BOOTSTRAP.format(module=module, failed=Event.FAILED.value, spec_env=SPEC_ENV)
+    return ["-c", code]
 
 
 def release_environment(env: dict[str, str]) -> dict[str, str]:

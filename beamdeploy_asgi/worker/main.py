@@ -75,6 +75,7 @@ def main() -> None:
     except BootFailure as failure:
         report(runtime, failure)
         sys.exit(APP_LOAD_ERROR)
+    channel.send(Event.IMPORTED)  # during an upgrade, the preflight passed
     sockets = [socket.socket(fileno=fd) for fd in spec.listeners]
     signal.signal(signal.SIGABRT, lambda *_: abort(runtime))
     try:

@@ -25,6 +25,8 @@ def test_artifacts_offline_upgrade_rollback_restart(serve, artifacts, offline):
     assert status["serving"]["release"]["path"] == str(store / "sample-1.0.0")
     boot = status["deployments"][0]
     assert boot["kind"] == "boot" and "install" in boot["timings"]
+    # Compiled at install: the sealed venv is read-only to the workers.
+    assert list((store / "sample-1.0.0" / "venv").rglob("uvicorn/__pycache__/main.*.pyc"))
 
     with Load(server.url, keepalive_clients=4, close_clients=2, max_seconds=120) as load:
         load.wait_requests(100)
@@ -159,14 +161,20 @@ def test_rollback_without_a_previous_release_says_so(serve, artifacts):
     assert done.returncode == 1 and "no kept release has version '9.9.9'" in done.stderr
 
 
-def test_preflight_refuses_a_broken_release_before_any_worker(serve, releases):
+def test_preflight_refuses_a_broken_release_and_none_of_its_workers_serves(serve, releases):
     server = serve("--workers", "2", "--release", str(releases["v1"]))
     broken = releases.custom("preflight-broken", "import no_such_module_anywhere\n")
     done = server.cli("upgrade", str(broken))
     assert done.returncode == 1
+    # The workers boot beside the preflight, fail the same import, and are
+    # stopped; the preflight's verdict is the one reported.
     assert "preflight: could not import main:app: ModuleNotFoundError" in done.stderr
-    assert " booting " not in done.stdout, "no worker was started"
-    assert "started worker" not in server.log().split("preflight")[-1]
+    assert " stopping " in done.stdout and " promoting " not in done.stdout
+    status = server.status()
+    assert status["serving"]["release"]["version"] == "v1" and status["booting"] == []
+    assert httpx.get(server.url).text.startswith("v1 gen=1 ")
+    failed = status["deployments"][0]
+    assert failed["outcome"] == "failed" and failed["error"].startswith("preflight: could not")
 
 
 def test_http_path_to_an_artifact_in_a_release_dir(serve, artifacts, releases):

@@ -167,7 +167,7 @@ def test_under_user_the_venv_is_built_as_that_user_and_sealed_as_root(shared_dir
         assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
         assert f"as uid {NOBODY.pw_uid}" in upgrade.stdout, "the venv was built as nobody"
         assert httpx.get(server.url).text.startswith("1.1.0 sample")
-        # The .pth ran when the preflight and the worker started, as nobody only.
+        # The .pth ran when the workers started, as nobody only.
         assert {p.name for p in markers.iterdir()} == {f"ran-as-{NOBODY.pw_uid}"}
         release = Path(server.status()["serving"]["release"]["path"])
         for path in [release, *release.rglob("*")]:

@@ -1,15 +1,13 @@
-"""Pure pieces of the arbiter, with fakes: crash back-off and the rollback target."""
+"""Pure pieces of the arbiter: crash back-off and the rollback target."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from beamdeploy_asgi.arbiter.arbiter import MAX_BACKOFF, backoff
-from beamdeploy_asgi.arbiter.deployments import Deployments
+from beamdeploy_asgi.arbiter.pool import MAX_BACKOFF, backoff
+from beamdeploy_asgi.arbiter.rollback import rollback_target
 
 
 def test_backoff_respawns_at_once_then_doubles_up_to_a_cap():
@@ -19,17 +17,15 @@ def test_backoff_respawns_at_once_then_doubles_up_to_a_cap():
 
 
 class FakeArbiter:
-    """What rollback_target reads: the serving release, history, the store."""
+    """What a rollback reads: the serving release, the history, the store's releases."""
 
     def __init__(self, serving: str, history: list[dict], kept: list[dict]) -> None:
-        self.serving = SimpleNamespace(release=SimpleNamespace(path=serving))
+        self.serving = serving
         self.history = history
-        self.store = SimpleNamespace(releases=lambda: kept)
+        self.kept = kept
 
-    def recent_deployments(self, limit: int = 50) -> list[dict[str, Any]]:
-        return self.history[:limit]
-
-    rollback_target = Deployments.rollback_target
+    def rollback_target(self, version: str | None) -> str:
+        return rollback_target(version, serving=self.serving, records=self.history, kept=self.kept)
 
 
 def deployment(kind: str, frm: str | None, to: str, outcome: str = "succeeded") -> dict:

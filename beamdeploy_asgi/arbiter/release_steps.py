@@ -1,0 +1,112 @@
+"""What a deployment asks of the release side, done for real: tasks and the store.
+
+The deployer only knows the `Steps` interface; this is its implementation in
+the arbiter: installs run as helper subprocesses of the arbiter's loop, the
+release store records what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from logging import Logger
+from typing import Any
+
+from gunicorn import systemd
+from gunicorn.errors import HaltServer
+
+from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall
+from beamdeploy_asgi.arbiter.deployment import Deployment
+from beamdeploy_asgi.arbiter.spawn import worker_owner
+from beamdeploy_asgi.arbiter.tasks import TaskRunner
+from beamdeploy_asgi.releases.release import Release
+from beamdeploy_asgi.releases.store import ReleaseStore
+
+
+class ReleaseSteps:
+    def __init__(self, *, cfg: Any, store: ReleaseStore, tasks: TaskRunner, log: Logger) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.tasks = tasks
+        self.log = log
+
+    def install(
+        self,
+        artifact: str,
+        *,
+        remove_after: bool,
+        progress: Callable[[str], None],
+        done: Callable[[str], None],
+        failed: Callable[[str], None],
+        wanted: Callable[[], bool],
+    ) -> None:
+        def forget_upload() -> None:
+            if remove_after:  # unpacked by now, or refused
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(artifact)
+
+        def install_failed(cause: str) -> None:
+            forget_upload()
+            failed(cause)
+
+        ArtifactInstall(
+            artifact,
+            state_dir=str(self.store.state_dir),
+            cfg=self.cfg,
+            tasks=self.tasks,
+            progress=progress,
+            done=done,
+            failed=install_failed,
+            wanted=wanted,
+        ).start(on_prepared=forget_upload)
+
+    def open_to_workers(self, release: Release) -> str | None:
+        if release.path is None or not worker_owner(self.cfg):
+            return None
+        try:
+            self.store.open_to_group(release.path, self.cfg.gid)
+        except OSError as exc:
+            return str(exc)
+        return None
+
+    def promoted(self, deployment: Deployment) -> None:
+        release = deployment.release
+        if release is not None and release.path is not None:
+            self.store.set_current(release.path)
+            self.store.clear_failed(release.path)
+        if deployment.kind == "boot":
+            systemd.sd_notify("READY=1\nSTATUS=beamdeploy serving", self.log)
+
+    def record(self, deployment: Deployment) -> None:
+        try:
+            self.store.append_history(deployment.summary())
+        except OSError as exc:
+            self.log.error("cannot write %s: %s", self.store.history_file, exc)
+
+    def mark_failed(self, release: Release, phase: str, error: str) -> None:
+        if release.path is None:
+            return
+        try:
+            self.store.mark_failed(release.path, phase, error)
+        except OSError as exc:
+            self.log.error("cannot mark %s as failed: %s", release.path, exc)
+
+    def prune(self, in_use: set[str]) -> None:
+        """Keep `keep_releases`, and never one in use or the current one."""
+        current = self.store.current()
+        if current is not None:
+            in_use = in_use | {str(current)}
+        for path, doomed in self.store.prune(self.cfg.keep_releases, in_use):
+            self.log.info("removed old release %s (keeping %s)", path, self.cfg.keep_releases)
+            # Deleting a venv takes a while; a subprocess does it, not the loop.
+            self.tasks.start(
+                "remove",
+                ["rm", "-rf", "--", doomed],
+                on_line=lambda message: None,
+                on_exit=lambda task: None,
+                timeout=INSTALL_TIMEOUT,
+            )
+
+    def halt(self, cause: str) -> None:
+        raise HaltServer(cause, 3)

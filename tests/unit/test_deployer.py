@@ -1,0 +1,549 @@
+"""The deployment state machine on its own: a fake pool, fake release steps, a fake clock.
+
+Each test plays the events a real arbiter would see (workers ready, serving,
+failing, exiting; install and preflight results; time passing) and checks
+the phases the deployment goes through and what it asked of the pool and the
+release side. The end-to-end tests run the same paths with real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beamdeploy_asgi.arbiter.deployer import BACKSTOP, STOP_LIMIT, Busy, Deployer
+from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
+from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
+from beamdeploy_asgi.releases.release import MANIFEST, Release
+
+BOOT_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 12.0
+SIZE = 2
+
+
+def release(version: str, path: str | None = None) -> Release:
+    return Release(name="demo", version=version, app="demo.app:app", python="/bin/false", path=path)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakePool:
+    """Workers as a list of states per generation; the test says what they do.
+
+    Like the real pool, it reports to the deployer only when the test plays
+    an event, never from a method the deployer called.
+    """
+
+    def __init__(self) -> None:
+        self.serving: Generation | None = None
+        self.deployer: Deployer | None = None
+        self.states: dict[int, list[str]] = {}
+        self.accepting: dict[int, int] = {}
+        self.calls: list[tuple[str, int]] = []
+        self.counter = 0
+        self.spawn_error: str | None = None
+
+    # the Workers interface
+    def create(self, rel: Release) -> Generation:
+        self.counter += 1
+        generation = Generation(self.counter, rel, SIZE)
+        self.calls.append(("create", generation.number))
+        return generation
+
+    def start(self, generation: Generation) -> str | None:
+        self.calls.append(("start", generation.number))
+        if self.spawn_error:
+            self.states[generation.number] = ["booting"]  # the first one started
+            return self.spawn_error
+        self.states[generation.number] = ["booting"] * generation.size
+        return None
+
+    def count(self, generation: Generation, state: WorkerState) -> int:
+        return self.states[generation.number].count(state.value)
+
+    def live(self, generation: Generation) -> int:
+        return len(self.states.get(generation.number, []))
+
+    def still_accepting(self, generation: Generation) -> int:
+        return self.accepting.get(generation.number, 0)
+
+    def serve(self, generation: Generation) -> None:
+        self.calls.append(("serve", generation.number))
+
+    def promote(self, generation: Generation) -> Generation | None:
+        self.calls.append(("promote", generation.number))
+        old, self.serving = self.serving, generation
+        generation.state = GenerationState.SERVING
+        self.accepting[generation.number] = generation.size
+        return old
+
+    def drain(self, generation: Generation) -> None:
+        self.calls.append(("drain", generation.number))
+        generation.state = GenerationState.DRAINING
+
+    def stop(self, generation: Generation, cause: str) -> None:
+        self.calls.append(("stop", generation.number))
+        generation.state = GenerationState.FAILED
+        generation.failure = cause
+
+    def releases_in_use(self) -> set[str]:
+        return {path for path in [self.serving.release.path if self.serving else None] if path}
+
+    # events the test plays
+    def _set(self, generation: Generation, state: str, count: int | None = None) -> None:
+        states = self.states[generation.number]
+        for i in range(len(states) if count is None else count):
+            states[i] = state
+
+    def ready(self, generation: Generation, count: int | None = None) -> None:
+        self._set(generation, "ready", count)
+        assert self.deployer is not None
+        self.deployer.worker_changed(generation)
+
+    def acknowledge(self, generation: Generation) -> None:
+        self._set(generation, "serving")
+        assert self.deployer is not None
+        self.deployer.worker_changed(generation)
+
+    def imported(self, generation: Generation) -> None:
+        assert self.deployer is not None
+        self.deployer.worker_imported(generation)
+
+    def fail(self, generation: Generation, cause: str, phase: str = "boot") -> None:
+        self.states[generation.number][0] = "stopping"
+        assert self.deployer is not None
+        self.deployer.worker_failed(generation, cause, phase)
+
+    def exit_all(self, generation: Generation) -> None:
+        self.states[generation.number] = []
+        assert self.deployer is not None
+        self.deployer.generation_ended(generation)
+
+    def stop_accepting(self, generation: Generation) -> None:
+        self.accepting[generation.number] = 0
+        assert self.deployer is not None
+        self.deployer.worker_changed(generation)
+
+
+class Halted(Exception):
+    pass
+
+
+class FakeSteps:
+    def __init__(self) -> None:
+        self.installs: list[dict[str, Any]] = []
+        self.open_problem: str | None = None
+        self.promotions: list[str] = []
+        self.records: list[tuple[str, str | None]] = []
+        self.marked: list[tuple[str, str, str]] = []
+        self.pruned: list[set[str]] = []
+
+    def install(self, artifact: str, **callbacks: Any) -> None:
+        self.installs.append({"artifact": artifact, **callbacks})
+
+    def open_to_workers(self, rel: Release) -> str | None:
+        return self.open_problem
+
+    def promoted(self, deployment: Deployment) -> None:
+        self.promotions.append(deployment.id)
+
+    def record(self, deployment: Deployment) -> None:
+        self.records.append((deployment.id, deployment.outcome))
+
+    def mark_failed(self, rel: Release, phase: str, error: str) -> None:
+        self.marked.append((rel.version, phase, error))
+
+    def prune(self, in_use: set[str]) -> None:
+        self.pruned.append(in_use)
+
+    def halt(self, cause: str) -> None:
+        raise Halted(cause)
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.pool = FakePool()
+        self.steps = FakeSteps()
+        self.clock = Clock()
+        self.deployer = Deployer(
+            self.pool,
+            self.steps,
+            logging.getLogger("test.deployer"),
+            boot_timeout=BOOT_TIMEOUT,
+            drain_timeout=DRAIN_TIMEOUT,
+            clock=self.clock,
+            past=[{"id": "earlier", "kind": "upgrade", "outcome": "succeeded"}],
+        )
+        self.pool.deployer = self.deployer
+
+    def serving(self, version: str = "1.0", path: str | None = "/r/1.0") -> Generation:
+        """Boot a first generation through the machine, the way the arbiter does."""
+        deployment = self.deployer.start("boot", release=release(version, path))
+        generation = deployment.target
+        assert generation is not None
+        self.pool.ready(generation)
+        self.pool.acknowledge(generation)
+        assert deployment.outcome == "succeeded"
+        return generation
+
+
+def phases(deployment: Deployment) -> list[str]:
+    return [str(phase) for phase in dict.fromkeys(e["phase"] for e in deployment.events)]
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+# -- the paths that succeed ----------------------------------------------------
+
+
+def test_first_boot_promotes_when_every_worker_is_ready_and_serving(rig):
+    deployment = rig.deployer.start("boot", release=release("1.0", "/r/1.0"))
+    target = deployment.target
+    assert deployment.phase is Phase.BOOTING
+    assert rig.pool.calls == [("create", 1), ("start", 1)]
+
+    rig.pool.ready(target, count=1)
+    assert deployment.phase is Phase.BOOTING
+    assert deployment.events[-1]["message"].endswith("1/2 ready")
+    rig.pool.ready(target)
+    assert deployment.phase is Phase.PROMOTING
+    assert ("serve", 1) in rig.pool.calls
+
+    rig.pool.acknowledge(target)
+    assert deployment.outcome == "succeeded"
+    assert phases(deployment) == ["booting", "promoting", "promoted", "done"]
+    assert rig.pool.serving is target
+    assert rig.steps.promotions == [deployment.id]
+    assert rig.deployer.current is None
+    assert rig.steps.records[0] == (deployment.id, None), "recorded when it started"
+    assert rig.steps.records[-1] == (deployment.id, "succeeded")
+
+
+def test_upgrade_goes_through_preflight_boot_promotion_and_drain(rig):
+    old = rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"), preflight=True)
+    target = deployment.target
+    assert deployment.previous is old
+    assert deployment.phase is Phase.PREFLIGHT, "the new workers import the app first"
+    assert rig.pool.calls[-1] == ("start", target.number)
+
+    rig.clock.advance(0.2)
+    rig.pool.imported(target)
+    assert deployment.phase is Phase.BOOTING
+    rig.pool.imported(target)  # the second worker's import changes nothing
+    assert [e["phase"] for e in deployment.events] == ["preflight", "booting"]
+    rig.clock.advance(0.1)
+    rig.pool.ready(target)
+    assert deployment.phase is Phase.PROMOTING
+    rig.pool.acknowledge(target)
+    assert deployment.phase is Phase.DRAINING
+    assert ("drain", old.number) in rig.pool.calls
+    assert rig.pool.serving is target
+
+    rig.pool.stop_accepting(old)
+    assert deployment.outcome == "succeeded"
+    assert phases(deployment) == [
+        "preflight",
+        "booting",
+        "promoting",
+        "promoted",
+        "draining",
+        "done",
+    ]
+    assert deployment.timings["preflight"] == pytest.approx(0.2)
+    assert deployment.timings["boot"] == pytest.approx(0.3)
+    assert rig.deployer.previous_release == "/r/1.0"
+
+
+def test_a_worker_that_only_says_ready_passes_the_preflight(rig):
+    """Workers of older releases do not report `imported`."""
+    rig.serving()
+    deployment = rig.deployer.start("rollback", release=release("0.9", "/r/0.9"), preflight=True)
+    rig.pool.ready(deployment.target, count=1)
+    assert deployment.phase is Phase.BOOTING
+    assert deployment.events[-1]["message"].endswith("1/2 ready")
+    rig.pool.ready(deployment.target)
+    assert deployment.phase is Phase.PROMOTING
+
+
+def test_the_drain_time_is_kept_when_the_old_generation_is_gone(rig):
+    old = rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    rig.pool.ready(deployment.target)
+    rig.pool.acknowledge(deployment.target)
+    rig.pool.stop_accepting(old)
+    assert deployment.outcome == "succeeded" and deployment.drained_at is None
+
+    old.drain_started_at, old.stopped_at = 50.0, 52.5
+    old.state = GenerationState.STOPPED
+    rig.pool.exit_all(old)
+    assert deployment.drained_at == 52.5
+    assert deployment.timings["drain"] == pytest.approx(2.5)
+    # The previous release stays, whatever the store's keep count says.
+    assert "/r/1.0" in rig.steps.pruned[-1]
+
+
+def test_an_artifact_is_installed_then_preflighted(rig, tmp_path):
+    rig.serving()
+    deployment = rig.deployer.start("upgrade", artifact="/uploads/demo-2.0.tar.gz")
+    assert deployment.phase is Phase.INSTALLING
+    install = rig.steps.installs[0]
+    assert install["artifact"] == "/uploads/demo-2.0.tar.gz" and install["wanted"]()
+    install["progress"]("running uv pip install")
+    assert deployment.events[-1]["message"] == "running uv pip install"
+    assert rig.pool.counter == 1, "nothing booted while installing"
+
+    install["done"](str(made_release(tmp_path, "2.0")))
+    assert deployment.release is not None and deployment.release.version == "2.0"
+    assert deployment.phase is Phase.PREFLIGHT
+    assert "install" in deployment.timings
+
+
+def made_release(root: Path, version: str) -> Path:
+    path = root / f"demo-{version}"
+    (path / "venv" / "bin").mkdir(parents=True)
+    (path / "venv" / "bin" / "python").write_text("")
+    (path / "venv" / "bin" / "python").chmod(0o755)
+    manifest = {"name": "demo", "version": version, "app": "demo.app:app"}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    return path
+
+
+# -- the paths that fail ----------------------------------------------------------
+
+
+def test_a_failed_import_fails_the_preflight_and_keeps_the_old_generation(rig):
+    old = rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"), preflight=True)
+    target = deployment.target
+    cause = "could not import demo.app:app: ModuleNotFoundError: No module named 'redis'"
+    rig.pool.fail(target, cause, phase="import")
+    assert deployment.phase is Phase.STOPPING
+    assert ("stop", target.number) in rig.pool.calls
+    assert deployment.outcome is None, "it ends once its workers are gone"
+    rig.pool.fail(target, "worker 9 was killed by SIGTERM before it was ready")
+
+    rig.pool.exit_all(target)
+    assert deployment.outcome == "failed"
+    assert deployment.error == f"preflight: {cause}", "the first failure is the one reported"
+    assert rig.steps.marked == [("2.0", "preflight", deployment.error)]
+    assert rig.pool.serving is old and ("drain", old.number) not in rig.pool.calls
+    assert rig.steps.promotions == [rig.deployer.deployments[0].id], "only the boot promoted"
+    assert phases(deployment) == ["preflight", "stopping", "failed"]
+
+
+def test_a_failure_after_the_preflight_passed_is_a_boot_failure(rig):
+    rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"), preflight=True)
+    target = deployment.target
+    rig.pool.imported(target)
+    rig.pool.fail(target, "lifespan startup failed: RuntimeError: no database")
+    rig.pool.exit_all(target)
+    assert deployment.outcome == "failed"
+    assert deployment.error == "lifespan startup failed: RuntimeError: no database"
+    assert rig.steps.marked[0][1] == "boot"
+    assert phases(deployment) == ["preflight", "booting", "stopping", "failed"]
+
+
+def test_an_import_failure_without_a_preflight_is_a_boot_failure(rig):
+    """A restart (HUP) has no preflight: what fails, fails the boot."""
+    old = rig.serving()
+    deployment = rig.deployer.start("restart", release=old.release)
+    rig.pool.fail(deployment.target, "could not import demo.app:app", phase="import")
+    rig.pool.exit_all(deployment.target)
+    assert deployment.error == "could not import demo.app:app"
+    assert rig.steps.marked[0][1] == "boot"
+
+
+def test_a_worker_failing_after_it_was_told_to_serve_fails_the_deployment(rig):
+    old = rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    target = deployment.target
+    rig.pool.ready(target)
+    assert deployment.phase is Phase.PROMOTING
+    rig.pool.fail(target, "worker 7 exited with code 1 before it was ready")
+    assert deployment.phase is Phase.STOPPING
+    rig.pool.exit_all(target)
+    assert deployment.outcome == "failed"
+    assert rig.pool.serving is old
+
+
+def test_a_worker_that_cannot_be_spawned_fails_the_boot(rig):
+    rig.serving()
+    rig.pool.spawn_error = "could not start /r/2.0/venv/bin/python: Permission denied"
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    assert deployment.phase is Phase.STOPPING, "the one that started is stopped"
+    rig.pool.exit_all(deployment.target)
+    assert deployment.outcome == "failed"
+    assert "Permission denied" in deployment.error
+
+
+def test_a_failed_install_fails_without_booting_or_marking(rig):
+    rig.serving()
+    deployment = rig.deployer.start("upgrade", artifact="/uploads/bad.tar.gz")
+    install = rig.steps.installs[0]
+    install["failed"]("the archive holds ../../etc/passwd")
+    assert deployment.outcome == "failed"
+    assert deployment.error == "install failed: the archive holds ../../etc/passwd"
+    assert rig.pool.counter == 1, "no generation was created"
+    assert rig.steps.marked == []
+    assert not install["wanted"](), "the install is no longer awaited"
+    install["progress"]("late output")
+    assert deployment.phase is Phase.FAILED, "late progress does not revive it"
+
+
+def test_an_installed_release_that_does_not_load_fails_the_install(rig, tmp_path):
+    rig.serving()
+    deployment = rig.deployer.start("upgrade", artifact="/uploads/demo.tar.gz")
+    rig.steps.installs[0]["done"](str(tmp_path / "missing"))
+    assert deployment.outcome == "failed"
+    assert deployment.error.startswith("install failed: release ")
+
+
+def test_a_release_the_workers_cannot_open_fails_before_anything_starts(rig):
+    rig.serving()
+    rig.steps.open_problem = "Operation not permitted"
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"), preflight=True)
+    assert deployment.outcome == "failed"
+    assert deployment.error == "cannot open /r/2.0 to the workers: Operation not permitted"
+    assert rig.pool.counter == 1, "no generation was created"
+
+
+def test_a_failed_first_boot_halts_the_arbiter(rig):
+    deployment = rig.deployer.start("boot", release=release("1.0", "/r/1.0"))
+    rig.pool.fail(deployment.target, "could not import demo.app:app")
+    with pytest.raises(Halted, match="the first generation failed to boot: could not import"):
+        rig.pool.exit_all(deployment.target)
+    assert deployment.outcome == "failed" and rig.deployer.current is None
+
+
+# -- deadlines ------------------------------------------------------------------
+
+
+def test_a_boot_that_outlives_its_timeout_is_failed_by_the_clock(rig):
+    rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    target = deployment.target
+    rig.pool.ready(target, count=1)
+    rig.clock.advance(BOOT_TIMEOUT + BACKSTOP - 0.01)
+    rig.deployer.tick()
+    assert deployment.phase is Phase.BOOTING, "not yet"
+    rig.clock.advance(0.02)
+    rig.deployer.tick()
+    assert deployment.phase is Phase.STOPPING
+    assert deployment.error == (
+        f"generation 2 (demo 2.0): 1/2 workers ready after {BOOT_TIMEOUT:g}s (boot timeout)"
+    )
+
+
+def test_a_stopping_generation_whose_end_is_never_seen_ends_at_its_limit(rig):
+    old = rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    rig.pool.fail(deployment.target, "boom")
+    rig.clock.advance(STOP_LIMIT + 0.01)
+    rig.deployer.tick()
+    assert deployment.outcome == "failed" and deployment.error == "boom"
+    assert rig.pool.serving is old
+
+
+def test_a_drain_that_never_ends_is_done_at_the_drain_limit(rig):
+    old = rig.serving()
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    rig.pool.ready(deployment.target)
+    rig.pool.acknowledge(deployment.target)
+    assert deployment.phase is Phase.DRAINING
+    rig.clock.advance(DRAIN_TIMEOUT)
+    rig.deployer.tick()
+    assert deployment.phase is Phase.DRAINING
+    rig.clock.advance(BACKSTOP + 0.01)
+    rig.deployer.tick()
+    assert deployment.outcome == "succeeded"
+    assert rig.pool.serving is deployment.target and old.state is GenerationState.DRAINING
+
+
+def test_a_tick_without_a_deployment_does_nothing(rig):
+    rig.deployer.tick()
+    rig.serving()
+    rig.clock.advance(10_000)
+    rig.deployer.tick()
+    assert rig.deployer.current is None
+
+
+# -- one at a time, and what is left over ----------------------------------------
+
+
+def test_a_second_deployment_meanwhile_is_refused(rig):
+    rig.serving()
+    first = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    with pytest.raises(Busy, match=f"upgrade in progress: deployment {first.id} \\(booting\\)"):
+        rig.deployer.start("rollback", release=release("1.0", "/r/1.0"))
+    assert rig.deployer.current is first
+    rig.pool.ready(first.target)
+    rig.pool.acknowledge(first.target)
+    rig.pool.stop_accepting(first.previous)
+    second = rig.deployer.start("rollback", release=release("1.0", "/r/1.0"))
+    assert second.previous is first.target
+
+
+def test_late_events_of_an_ended_deployment_change_nothing(rig):
+    rig.serving()
+    failed = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"), preflight=True)
+    rig.pool.imported(failed.target)
+    rig.pool.fail(failed.target, "boom")
+    rig.pool.exit_all(failed.target)
+    assert failed.outcome == "failed"
+    events = len(failed.events)
+
+    upgrade = rig.deployer.start("upgrade", release=release("3.0", "/r/3.0"), preflight=True)
+    rig.pool.states[failed.target.number] = ["ready", "ready"]
+    rig.deployer.worker_changed(failed.target)
+    rig.deployer.worker_failed(failed.target, "late", "import")
+    rig.deployer.worker_imported(failed.target)
+    assert len(failed.events) == events
+    assert upgrade.phase is Phase.PREFLIGHT and upgrade.error is None
+    # The release being deployed is never pruned meanwhile.
+    rig.deployer.prune()
+    assert rig.steps.pruned[-1] == {"/r/1.0", "/r/3.0"}
+
+
+def test_an_install_that_ends_after_its_deployment_is_ignored(rig, tmp_path):
+    rig.serving()
+    deployment = rig.deployer.start("upgrade", artifact="/uploads/demo.tar.gz")
+    rig.deployer.abandon("the arbiter is shutting down")
+    rig.steps.installs[0]["done"](str(made_release(tmp_path, "2.0")))
+    assert deployment.release is None and rig.pool.counter == 1
+
+
+def test_abandon_ends_the_deployment_without_marking_or_halting(rig):
+    rig.deployer.abandon("nothing runs: nothing to do")
+    deployment = rig.deployer.start("boot", release=release("1.0", "/r/1.0"))
+    rig.deployer.abandon("the arbiter is shutting down")
+    assert deployment.outcome == "failed" and deployment.error == "the arbiter is shutting down"
+    assert deployment.target.state is GenerationState.FAILED
+    assert rig.steps.marked == [] and rig.deployer.current is None
+
+
+def test_recent_lists_this_run_newest_first_then_the_history(rig):
+    rig.serving()
+    upgrade = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    ids = [record["id"] for record in rig.deployer.recent()]
+    assert ids[0] == upgrade.id and ids[-1] == "earlier" and len(ids) == 3
+    assert rig.deployer.find("earlier") == rig.deployer.past[0]
+    assert rig.deployer.find(upgrade.id) is upgrade
+    assert rig.deployer.find("nope") is None
