@@ -264,6 +264,7 @@ class Deployer:
         if deployment.phase is not Phase.PREFLIGHT:
             return
         self._took(deployment, "preflight")
+        self.since["boot"] = self.clock()  # the rest of the boot
         assert deployment.target is not None
         self._booting(deployment, deployment.target)
 
