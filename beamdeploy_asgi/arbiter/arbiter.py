@@ -26,7 +26,7 @@ from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
 from beamdeploy_asgi.arbiter import state_dir as state_dir_setup
-from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlServer
+from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlServer, Replier
 from beamdeploy_asgi.arbiter.deployer import Deployer
 from beamdeploy_asgi.arbiter.generation import GenerationState, WorkerProcess
 from beamdeploy_asgi.arbiter.listeners import (
@@ -108,11 +108,11 @@ class BeamArbiter(Arbiter):
             "version": __version__,
             "state_dir": self.state_dir,
             "listeners": [describe(s) for s in self.LISTENERS],
-            "workers": self.pool.size,
+            "workers": self.num_workers,
             "started_at": self.started_at,
         }
 
-    def handle_control(self, request: dict[str, Any], conn: Any) -> None:
+    def handle_control(self, request: dict[str, Any], conn: Replier) -> None:
         self.requests.handle(request, conn)
 
     # -- start and stop -------------------------------------------------
@@ -317,11 +317,13 @@ class BeamArbiter(Arbiter):
         self.deployer.start("restart", release=serving.release)
 
     def handle_ttin(self) -> None:
-        self.pool.resize(self.pool.size + 1)
+        self.num_workers += 1  # gunicorn's property: runs the nworkers_changed hook
+        self.pool.resize(self.num_workers)
 
     def handle_ttou(self) -> None:
-        if self.pool.size > 1:
-            self.pool.resize(self.pool.size - 1)
+        if self.num_workers > 1:
+            self.num_workers -= 1
+            self.pool.resize(self.num_workers)
 
     def handle_usr1(self) -> None:
         self.log.reopen_files()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import httpx
 
@@ -21,6 +23,7 @@ def post_worker_init(worker): _note("post_worker_init", version=worker.release["
 def worker_exit(server, worker): _note("worker_exit")
 def child_exit(server, worker): _note("child_exit", child=worker.pid)
 def on_exit(server): _note("on_exit")
+def nworkers_changed(server, new, old): _note("nworkers_changed", new=new, old=old)
 
 workers = 2
 accesslog = os.path.join(os.environ["HOOK_DIR"], "access.log")
@@ -51,6 +54,8 @@ def test_config_file_hooks_pidfile_access_log_and_env(serve, releases):
     arbiter = server.proc.pid
     assert (server.workdir / "arbiter.pid").read_text().strip() == str(arbiter)
     assert httpx.get(server.url).text == "from-config"
+    os.kill(arbiter, signal.SIGTTIN)
+    server.wait_for(lambda s: [w["state"] for w in s["serving"]["workers"]] == ["serving"] * 3)
     server.stop()
 
     notes = [json.loads(line) for line in (server.workdir / "hooks.jsonl").read_text().splitlines()]
@@ -59,9 +64,10 @@ def test_config_file_hooks_pidfile_access_log_and_env(serve, releases):
         by_hook.setdefault(note["hook"], []).append(note)
     for name in ("on_starting", "when_ready", "on_exit"):
         assert [n["pid"] for n in by_hook[name]] == [arbiter]
-    assert len(by_hook["pre_fork"]) == 2 and {n["pid"] for n in by_hook["pre_fork"]} == {arbiter}
+    assert len(by_hook["pre_fork"]) == 3 and {n["pid"] for n in by_hook["pre_fork"]} == {arbiter}
+    assert [(n["old"], n["new"]) for n in by_hook["nworkers_changed"]] == [(None, 2), (2, 3)]
     workers = {n["pid"] for n in by_hook["post_worker_init"]}
-    assert len(workers) == 2 and arbiter not in workers
+    assert len(workers) == 3 and arbiter not in workers
     assert {n["version"] for n in by_hook["post_worker_init"]} == {"greeting"}
     assert {n["generation"] for n in by_hook["post_fork"]} == {1}
     assert {n["pid"] for n in by_hook["worker_exit"]} == workers
