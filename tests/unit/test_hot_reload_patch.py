@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import gc
 import importlib
 import itertools
 import sys
@@ -381,6 +382,47 @@ def test_a_depends_object_alone_captures_the_signature(hot):
     assert "fastapi.params.Depends" in patch.refusals[0].why
 
 
+def test_a_route_holding_an_unbound_wrapper_is_found_through_wrapped(hot):
+    source = """
+        import functools
+
+        from fastapi import FastAPI
+
+        def logged(fn):
+            @functools.wraps(fn)
+            def wrapper(*args, **kwargs):
+                return fn(*args, **kwargs)
+            return wrapper
+
+        def handler(q: int = 0):
+            return q
+
+        app = FastAPI()
+        app.add_api_route("/h", logged(handler))  # the module binds no name to the wrapper
+    """
+    module = hot.load(source)
+    new = source.replace("def handler(q: int = 0):", "def handler(q: int = 0, r: int = 0):")
+    patch = hot.prepare(module, new, changed=["handler"])
+    assert rules(patch) == ["route-signature"]
+    assert "a fastapi." in patch.refusals[0].why  # the route and its dependant hold the wrapper
+
+
+def test_an_lru_cache_made_elsewhere_is_cleared_too(hot):
+    source = """
+        import functools
+
+        def square(x):
+            return x * x
+
+        CACHES = {"square": functools.lru_cache(maxsize=None)(square)}
+    """
+    module = hot.load(source)
+    cached = module.CACHES["square"]
+    assert cached(3) == 9
+    committed(hot.prepare(module, source.replace("x * x", "x * x + 1"), changed=["square"]))
+    assert cached(3) == 10
+
+
 # --- Classes ----------------------------------------------------------------------------
 
 SERVICE = textwrap.dedent(
@@ -743,9 +785,11 @@ def test_commit_only_assigns(hot, monkeypatch):
         monkeypatch.setattr(builtins, name, forbidden)
     monkeypatch.setattr(ast, "parse", forbidden)
     monkeypatch.setattr(ast, "literal_eval", forbidden)
+    interval = sys.getswitchinterval()
     committed(patch)
     monkeypatch.undo()
     assert module.Service().run(3) == -3 and module.added() == [1]
+    assert sys.getswitchinterval() == interval and gc.isenabled()
 
 
 def test_a_failing_assignment_undoes_the_others_and_raises(hot):
