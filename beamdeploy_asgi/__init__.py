@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from beamdeploy_asgi.api import (
         current_release,
         enabled,
+        hot_reload,
         rollback,
         status,
         upgrade,
@@ -34,6 +35,7 @@ _WHERE = {
     "admin_app": "beamdeploy_asgi.admin",
     "current_release": "beamdeploy_asgi.api",
     "enabled": "beamdeploy_asgi.api",
+    "hot_reload": "beamdeploy_asgi.api",
     "rollback": "beamdeploy_asgi.api",
     "status": "beamdeploy_asgi.api",
     "upgrade": "beamdeploy_asgi.api",
@@ -57,6 +59,7 @@ __all__ = [
     "admin_app",
     "current_release",
     "enabled",
+    "hot_reload",
     "rollback",
     "status",
     "upgrade",

@@ -15,6 +15,7 @@ from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import DeploymentFailed, NotEnabledError
 from beamdeploy_asgi.protocol import (
     CONTROL_ENV,
+    hot_reload_request,
     rollback_request,
     simple_request,
     state_dir_path,
@@ -87,6 +88,39 @@ def rollback(
     `to` picks any kept release by version instead. Raises like upgrade().
     """
     request = rollback_request(to, follow=wait)
+    result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
+    if wait and result.get("outcome") != "succeeded":
+        raise DeploymentFailed(result)
+    return result
+
+
+def hot_reload(
+    release: str | os.PathLike[str],
+    *,
+    dry_run: bool = False,
+    suspend_timeout: float = 3.0,
+    wait: bool = True,
+    timeout: float | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Patch `release`'s changed app code into the serving workers, state kept.
+
+    All workers or none; anything that cannot be patched in place is refused
+    (DeploymentFailed, its error listing ``file:line: rule: why``). With
+    `dry_run` it only plans. Outside the arbiter (no `state_dir`, not in a
+    worker it runs), it reloads this process: see `beamdeploy_asgi.reload.local`.
+    """
+    if state_dir is None and not enabled():
+        from beamdeploy_asgi.reload.local import reload_here
+
+        return reload_here(release, dry_run=dry_run)
+    request = hot_reload_request(
+        os.path.abspath(os.fspath(release)),
+        follow=wait,
+        dry_run=dry_run,
+        suspend_timeout=suspend_timeout,
+    )
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)

@@ -12,6 +12,7 @@ from typing import Any
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import (
+    hot_reload_request,
     rollback_request,
     simple_request,
     state_dir_path,
@@ -110,7 +111,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="the version of a kept release to swap to, as beamdeploy releases lists them "
         "(default: the release that served before)",
     )
-    for deploying in (upgrade, rollback):
+    hot_reload = command(
+        "hot-reload",
+        "patch a release's code into the running workers, state kept",
+        "Compare RELEASE with the serving release; if only the app's own Python code "
+        "changed, in ways that can be patched in place, patch it into every running "
+        "worker (all or none), holding new requests for the moment it takes. Anything "
+        "else is refused with file:line and the rule: deploy those with upgrade. See "
+        "docs/hot-reload.md.",
+    )
+    hot_reload.add_argument(
+        "release",
+        metavar="RELEASE",
+        help="a release directory or an artifact, as for upgrade",
+    )
+    hot_reload.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan and check without touching a worker, and print the plan",
+    )
+    hot_reload.add_argument(
+        "--suspend-timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=3.0,
+        help="how long the workers wait for running requests to finish before the "
+        "code changes; requests still running then fail the reload, nothing applied "
+        "(default: 3)",
+    )
+    for deploying in (upgrade, rollback, hot_reload):
         talks_to_arbiter(deploying, "print the deployment record as JSON instead of the phases")
         deploying.add_argument(
             "--no-wait",
@@ -123,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     upgrade.set_defaults(run=run_upgrade)
     rollback.set_defaults(run=run_rollback)
+    hot_reload.set_defaults(run=run_hot_reload)
 
     status = command(
         "status",
@@ -235,6 +265,35 @@ def run_upgrade(client: ControlClient, options: argparse.Namespace) -> int:
     return follow_deployment(client, request, options)
 
 
+def run_hot_reload(client: ControlClient, options: argparse.Namespace) -> int:
+    request = hot_reload_request(
+        os.path.abspath(options.release),
+        follow=not options.no_wait,
+        dry_run=options.dry_run,
+        suspend_timeout=options.suspend_timeout,
+    )
+    return follow_deployment(client, request, options)
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """A hot reload's plan: each changed module and what changes in it."""
+    lines = [f"plan: {plan['from']['version']} -> {plan['to']['version']}"]
+    for module in plan["modules"]:
+        changes = module.get("changes") or {}
+        if changes.get("new_module"):
+            lines.append(f"  {module['module']}: new module, loaded when first imported")
+            continue
+        parts = [f"{name}()" for name in changes.get("functions", [])]
+        parts += [f"{name} =" for name in changes.get("constants", [])]
+        parts += [f"-{name}" for name in changes.get("removed", [])]
+        if changes.get("docstring"):
+            parts.append("docstring")
+        lines.append(f"  {module['module']}: {', '.join(parts) or 'no code change'}")
+    if not plan["modules"]:
+        lines.append("  no module changes")
+    return "\n".join(lines)
+
+
 def run_rollback(client: ControlClient, options: argparse.Namespace) -> int:
     request = rollback_request(options.to or None, follow=not options.no_wait)
     return follow_deployment(client, request, options)
@@ -252,6 +311,8 @@ def follow_deployment(client: ControlClient, request: dict, options: argparse.Na
         print(json.dumps(result, indent=2))
     elif options.no_wait:
         print(f"deployment {result['id']} started")
+    elif result.get("plan"):
+        print(format_plan(result["plan"]))
     if options.no_wait or result.get("outcome") == "succeeded":
         return 0
     if not options.json:

@@ -49,11 +49,12 @@ class Event(str, enum.Enum):
     """What a worker tells its arbiter: ``{"event": EVENT, ...}``."""
 
     IMPORTED = "imported"  # the app imported, from inside its release (protocol 1, optional)
-    READY = "ready"  # booted and checked; fields: protocol, app_file
+    READY = "ready"  # booted and checked; fields: protocol, app_file, hot_reload (its version)
     SERVING = "serving"  # accepting connections
     DRAINING = "draining"  # stopped accepting
     FAILED = "failed"  # could not boot; fields: phase, error, traceback
     ADMIN = "admin"  # an admin request to act on; fields: id, token, request
+    RELOAD = "reload"  # a hot reload step's answer; fields: id, step, ok, then what it did
 
 
 class Command(str, enum.Enum):
@@ -61,6 +62,21 @@ class Command(str, enum.Enum):
 
     SERVE = "serve"  # start accepting
     ADMIN = "admin"  # a reply to an admin request; fields: id, then event, result or error
+    RELOAD = "reload"  # a hot reload step; fields: id, step, then what the step needs
+
+
+HOT_RELOAD_VERSION = 1  # the reload steps a worker understands; READY says it
+
+
+class ReloadStep(str, enum.Enum):
+    """The steps of a hot reload, in order; each worker answers each one."""
+
+    PREPARE = "prepare"  # fields: modules, old_paths, new_paths; compile, check, vote
+    SUSPEND = "suspend"  # fields: timeout; hold new requests, wait for in-flight ones
+    COMMIT = "commit"  # fields: old_version, new_version, release; patch, run the hooks
+    RESUME = "resume"  # let held requests go on; answers how long they were held
+    UNDO = "undo"  # put the old code back (after a commit), then resume
+    ABORT = "abort"  # forget a prepared reload, resume if suspended
 
 
 class ProtocolMismatch(Exception):
@@ -127,6 +143,24 @@ def rollback_request(to: str | None = None, *, follow: bool) -> dict[str, Any]:
     request: dict[str, Any] = {"op": "rollback", "follow": follow}
     if to is not None:
         request["to"] = to
+    return request
+
+
+def hot_reload_request(
+    release: str,
+    *,
+    follow: bool,
+    dry_run: bool = False,
+    suspend_timeout: float | None = None,
+    remove_after: bool = False,
+) -> dict[str, Any]:
+    request: dict[str, Any] = {"op": "hot_reload", "release": release, "follow": follow}
+    if dry_run:
+        request["dry_run"] = True
+    if suspend_timeout is not None:
+        request["suspend_timeout"] = suspend_timeout
+    if remove_after:
+        request["remove_after"] = True
     return request
 
 

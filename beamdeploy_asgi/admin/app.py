@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,14 +26,19 @@ from beamdeploy_asgi.admin.uploads import (
     timed_chunks,
     uploads_dir,
 )
-from beamdeploy_asgi.errors import ControlError
+from beamdeploy_asgi.errors import ControlError, DeploymentFailed, ReleaseError
 from beamdeploy_asgi.protocol import (
     deployment_request,
+    hot_reload_request,
     rollback_request,
     simple_request,
     upgrade_request,
 )
 from beamdeploy_asgi.releases.confine import PathNotAllowed, confined
+
+RELEASE_DIRS_ENV = "BEAMDEPLOY_RELEASE_DIRS"  # outside the arbiter: where releases may be
+LOCAL_BODY_TIMEOUT = 10.0
+ReleaseMessage = Callable[[str, bool, bool], dict[str, Any]]  # (release, wait, upload)
 
 MAX_JSON_BODY = 64 * 1024
 _mounted_by_app = False
@@ -57,6 +63,7 @@ def build_admin_app() -> Any:
         Route("/health", health, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/upgrade", upgrade, methods=["POST"]),
+        Route("/hot-reload", hot_reload, methods=["POST"]),
         Route("/rollback", rollback, methods=["POST"]),
         Route("/deployments", deployments, methods=["GET"]),
         Route("/deployments/{id}", deployment, methods=["GET"]),
@@ -158,12 +165,67 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
 
 
 async def upgrade(request: Request) -> Response:
+    def message(release: str, wait: bool, upload: bool) -> dict[str, Any]:
+        return upgrade_request(release, follow=wait, remove_after=upload)
+
+    return await _deploy_release(request, message)
+
+
+async def hot_reload(request: Request) -> Response:
+    dry_run = _flag(request.query_params.get("dry_run"), "dry_run")
+    suspend_timeout = _seconds(request.query_params.get("suspend_timeout"), "suspend_timeout")
+    if worker_runtime.current() is None:
+        return await _hot_reload_here(request, dry_run)
+
+    def message(release: str, wait: bool, upload: bool) -> dict[str, Any]:
+        return hot_reload_request(
+            release,
+            follow=wait,
+            dry_run=dry_run,
+            suspend_timeout=suspend_timeout,
+            remove_after=upload,
+        )
+
+    return await _deploy_release(request, message)
+
+
+async def _hot_reload_here(request: Request, dry_run: bool) -> Response:
+    """No arbiter: this process reloads itself, on the event loop's thread.
+
+    The release must lie in one of the directories BEAMDEPLOY_RELEASE_DIRS
+    names (separated by ':'); an artifact would need the arbiter's store.
+    """
+    from beamdeploy_asgi.reload.local import reload_here
+
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise AdminError(
+            415,
+            'outside the arbiter, send JSON ({"release": PATH}) naming a release directory',
+        )
+    dirs = [d for d in os.environ.get(RELEASE_DIRS_ENV, "").split(os.pathsep) if d]
+    try:
+        release = confined(await _json_release(request), dirs)
+    except PathNotAllowed as exc:
+        raise AdminError(exc.status, str(exc), exc.code) from None
+    try:
+        record = reload_here(release, dry_run=dry_run)
+    except ReleaseError as exc:
+        raise AdminError(422, str(exc), "invalid_release") from None
+    except DeploymentFailed as exc:
+        record = exc.deployment
+        return error_response(422, "deployment_failed", record["error"], deployment=record)
+    return JSONResponse(record)
+
+
+async def _deploy_release(request: Request, message: ReleaseMessage) -> Response:
+    """A release named in JSON (inside --release-dir), or an artifact sent as the body."""
     runtime = worker_runtime.current()
     assert runtime is not None  # the gate answered 503 otherwise
     wait = _flag(request.query_params.get("wait"), "wait")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ARTIFACT_TYPES:
-        return await _upgrade_from_upload(request, runtime.cfg, wait)
+        return await _deploy_upload(request, runtime.cfg, wait, message)
     if content_type != "application/json":
         raise AdminError(
             415,
@@ -174,10 +236,12 @@ async def upgrade(request: Request) -> Response:
         release = confined(await _json_release(request), runtime.cfg.release_dirs)
     except PathNotAllowed as exc:
         raise AdminError(exc.status, str(exc), exc.code) from None
-    return await _deploy(request, upgrade_request(str(release), follow=wait), wait)
+    return await _deploy(request, message(str(release), wait, False), wait)
 
 
-async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Response:
+async def _deploy_upload(
+    request: Request, cfg: Any, wait: bool, message: ReleaseMessage
+) -> Response:
     """Receive the artifact and hand it to the arbiter: one upload at a time.
 
     Every refusal that does not need the body comes before a byte of it is
@@ -200,7 +264,6 @@ async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Respon
             idle=cfg.header_timeout,
             total=cfg.upload_timeout,
         )
-        message = upgrade_request(str(upload), follow=wait, remove_after=True)
         handed_over = False
 
         def hand_over() -> None:  # the arbiter installs it, then removes it
@@ -209,7 +272,7 @@ async def _upgrade_from_upload(request: Request, cfg: Any, wait: bool) -> Respon
             slot.release()
 
         try:
-            return await _deploy(request, message, wait, on_answer=hand_over)
+            return await _deploy(request, message(str(upload), wait, True), wait, hand_over)
         finally:
             if not handed_over:
                 upload.unlink(missing_ok=True)
@@ -259,6 +322,18 @@ async def openapi(request: Request) -> Response:
 # -- request parsing ------------------------------------------------------
 
 
+def _seconds(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 300:
+        raise AdminError(400, f"query parameter {name!r} must be seconds, above 0 and at most 300")
+    return seconds
+
+
 def _flag(value: str | None, name: str) -> bool:
     if value is None or value.lower() in ("", "false", "0", "no"):
         return False
@@ -289,8 +364,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise AdminError(413, f"the request body is larger than {limit} bytes", headers=CLOSE)
     runtime = worker_runtime.current()
-    assert runtime is not None  # the gate answered 503 otherwise
-    timeout = float(runtime.cfg.header_timeout)
+    timeout = float(runtime.cfg.header_timeout) if runtime is not None else LOCAL_BODY_TIMEOUT
     body = bytearray()
     try:
         async for chunk in timed_chunks(request, idle=timeout, total=timeout):

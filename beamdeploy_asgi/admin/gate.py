@@ -8,7 +8,9 @@ the one the client sent, and the arbiter says whether it is right.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +18,10 @@ from beamdeploy_asgi import running as worker_runtime
 from beamdeploy_asgi.admin.errors import error_response
 from beamdeploy_asgi.admin.mount import route_path
 from beamdeploy_asgi.errors import ControlError
-from beamdeploy_asgi.protocol import simple_request
+from beamdeploy_asgi.protocol import TOKEN_ENV, simple_request
 
 PUBLIC = "/health"
+LOCAL = "/hot-reload"  # outside the arbiter: this process reloads itself
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="beamdeploy"'}
 TOKEN_SCOPE_KEY = "beamdeploy.token"  # the checked token, for the endpoints to pass on
 
@@ -47,16 +50,9 @@ class AdminGate:
     async def check(self, scope: dict[str, Any]) -> tuple[Any, str | None]:
         """(refusal response or None, the token to pass on)."""
         runtime = worker_runtime.current()
-        if runtime is None:
-            return (
-                error_response(
-                    503,
-                    "not_enabled",
-                    "this app is not running under beamdeploy, so there is nothing to deploy",
-                ),
-                None,
-            )
         path = route_path(scope)
+        if runtime is None:
+            return self._check_here(scope, path)
         if path == PUBLIC:
             return None, None
         if not runtime.admin_enabled:
@@ -96,6 +92,38 @@ class AdminGate:
             ),
             None,
         )
+
+    def _check_here(self, scope: dict[str, Any], path: str) -> tuple[Any, str | None]:
+        """Outside the arbiter only a hot reload of this process exists, with
+        BEAMDEPLOY_TOKEN checked here: there is no arbiter to ask."""
+        token = os.environ.get(TOKEN_ENV)
+        if path == PUBLIC:
+            return None, None
+        if path != LOCAL or not token:
+            why = "this app is not running under beamdeploy, so there is nothing to deploy"
+            if token:
+                why += f" (only {LOCAL} works here, on this process)"
+            return error_response(503, "not_enabled", why), None
+        given = _bearer(scope)
+        if given is not None and _same(given, token):
+            return None, given
+        return (
+            error_response(
+                401,
+                "unauthorized",
+                "send the admin token as 'Authorization: Bearer <token>'",
+                headers=CHALLENGE,
+            ),
+            None,
+        )
+
+
+def _same(given: str, token: str) -> bool:
+    """In constant time, as bytes: the header's latin-1 bytes against the token's UTF-8."""
+    try:
+        return hmac.compare_digest(given.encode("latin-1"), token.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
 
 
 def _bearer(scope: dict[str, Any]) -> str | None:

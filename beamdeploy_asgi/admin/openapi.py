@@ -47,6 +47,21 @@ WAIT = {
     "schema": {"type": "boolean"},
     "description": "answer when the deployment has ended",
 }
+DRY_RUN = {
+    "name": "dry_run",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean"},
+    "description": "plan and check only; no worker is touched",
+}
+SUSPEND_TIMEOUT = {
+    "name": "suspend_timeout",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+    "description": "seconds the workers wait for running requests before the code changes "
+    "(default 3)",
+}
 STARTED = {
     **_json(DEPLOYMENT, "the deployment started"),
     "headers": {"Location": {"schema": {"type": "string"}, "description": "where to follow it"}},
@@ -109,6 +124,31 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                             "artifact is being uploaded (upload_in_progress); an upload is "
                             "refused before its body is read",
                         ),
+                    },
+                }
+            },
+            "/hot-reload": {
+                "post": {
+                    "summary": "Patch a release's changed app code into the running workers",
+                    "description": "All workers or none; whatever cannot be patched in place "
+                    "is refused, nothing applied (422, its error lists file:line: rule: why). "
+                    "See docs/hot-reload.md.",
+                    "parameters": [WAIT, DRY_RUN, SUSPEND_TIMEOUT],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/UpgradeRequest"}
+                            },
+                            "application/gzip": {
+                                "schema": {"type": "string", "format": "binary"},
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": _json(DEPLOYMENT, "with wait: the reload succeeded"),
+                        "202": STARTED,
+                        **_errors(400, 408, 409, 413, 415, 422, *AUTHED),
                     },
                 }
             },

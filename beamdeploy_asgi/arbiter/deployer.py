@@ -30,10 +30,12 @@ from typing import Any, Protocol
 
 from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
+from beamdeploy_asgi.arbiter.reload_run import ReloadRun
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
 
 KEPT_DEPLOYMENTS = 50
+HOT_RELOAD = "hot-reload"
 # The pool holds each worker to its own deadline; the machine's come this
 # much later, so that a deployment ends even if a worker's end is never seen.
 BACKSTOP = 2.0
@@ -65,6 +67,19 @@ class Workers(Protocol):
 
     def releases_in_use(self) -> set[str]: ...
 
+    # a hot reload of the serving generation
+    hold_spawns: bool
+
+    def reload_members(self, generation: Generation) -> tuple[set[int], str | None]: ...
+
+    def send_reload(
+        self, generation: Generation, pids: set[int], message: dict[str, Any]
+    ) -> None: ...
+
+    def switch_release(self, generation: Generation, release: Release) -> None: ...
+
+    def retire_pids(self, generation: Generation, pids: set[int]) -> None: ...
+
 
 class Steps(Protocol):
     """What a deployment asks of the release side: installs, checks, the store."""
@@ -81,6 +96,14 @@ class Steps(Protocol):
     ) -> None: ...
 
     def open_to_workers(self, release: Release) -> str | None: ...
+
+    def plan(
+        self,
+        serving: Release,
+        new: Release,
+        done: Callable[[dict[str, Any] | None, str | None], None],
+    ) -> None:
+        """A hot reload's plan: `done(plan, None)`, or `done(None, cause)`."""
 
     def promoted(self, deployment: Deployment) -> None: ...
 
@@ -133,6 +156,7 @@ class Deployer:
         self.deadline: float | None = None
         self.failed_at: str | None = None
         self.ready = 0  # workers of the new generation last reported ready
+        self.reload: ReloadRun | None = None
         self.since: dict[str, float] = {}
 
     # -- starting ----------------------------------------------------------
@@ -145,8 +169,14 @@ class Deployer:
         artifact: str | None = None,
         preflight: bool = False,
         remove_after: bool = False,
+        dry_run: bool = False,
+        suspend_timeout: float = 3.0,
     ) -> Deployment:
-        """Start a deployment, or raise Busy: one runs at a time."""
+        """Start a deployment, or raise Busy: one runs at a time.
+
+        `kind` "hot-reload" patches the serving generation instead of booting
+        a new one (`dry_run` stops after the plan).
+        """
         if self.current is not None:
             raise Busy(self.current)
         deployment = Deployment(
@@ -155,6 +185,7 @@ class Deployer:
         self.current = deployment
         self.deployments.append(deployment)
         self._reset()
+        self.options = {"dry_run": dry_run, "suspend_timeout": suspend_timeout}
         self.steps.record(deployment)  # so an arbiter that dies now still leaves a trace
         self.log.info("deployment %s (%s): %s", deployment.id, kind, release or artifact)
         if artifact is not None:
@@ -203,7 +234,31 @@ class Deployer:
         if problem is not None:
             self._fail(deployment, f"cannot open {release.path} to the workers: {problem}")
             return
+        if deployment.kind == HOT_RELOAD:
+            self._hot_reload(deployment, release)
+            return
         self._boot(deployment, preflight)
+
+    def _hot_reload(self, deployment: Deployment, release: Release) -> None:
+        serving = self.workers.serving
+        if serving is None:
+            self._fail(deployment, "nothing serves: there is nothing to hot-reload")
+            return
+        deployment.target = serving
+        self.reload = ReloadRun(
+            deployment,
+            serving,
+            release,
+            workers=self.workers,
+            steps=self.steps,
+            log=self.log,
+            clock=self.clock,
+            suspend_timeout=float(self.options["suspend_timeout"]),
+            dry_run=bool(self.options["dry_run"]),
+            finish=lambda message: self._end(deployment, "succeeded", message),
+            fail=lambda cause: self._fail(deployment, cause),
+        )
+        self.reload.start()
 
     def _boot(self, deployment: Deployment, preflight: bool) -> None:
         release = deployment.release
@@ -234,6 +289,14 @@ class Deployer:
         deployment = self.current
         if deployment is not None and generation in (deployment.target, deployment.previous):
             self._step(deployment)
+
+    def worker_reloaded(self, generation: Generation, pid: int, answer: dict[str, Any]) -> None:
+        if self.reload is not None and generation is self.reload.generation:
+            self.reload.answered(pid, answer)
+
+    def worker_exited(self, generation: Generation, pid: int) -> None:
+        if self.reload is not None and generation is self.reload.generation:
+            self.reload.exited(pid)
 
     def worker_imported(self, generation: Generation) -> None:
         deployment = self.current
@@ -270,6 +333,9 @@ class Deployer:
 
     def tick(self) -> None:
         """Deadlines: a deployment never waits without end for an event."""
+        if self.reload is not None:
+            self.reload.tick()
+            return
         deployment = self.current
         if deployment is None or self.deadline is None or self.clock() <= self.deadline:
             return
@@ -371,7 +437,7 @@ class Deployer:
         target = deployment.target
         deployment.error, self.failed_at = cause, at
         self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
-        if target is None or target.state is not GenerationState.BOOTING:
+        if target is None or target.state is not GenerationState.BOOTING or self.reload:
             self._end(deployment, "failed")
             return
         deployment.record(Phase.STOPPING, f"stopping {target}: {cause.splitlines()[0]}")
@@ -379,15 +445,18 @@ class Deployer:
         self.deadline = self.clock() + STOP_LIMIT
         self._step(deployment)
 
-    def _end(self, deployment: Deployment, outcome: str) -> None:
+    def _end(self, deployment: Deployment, outcome: str, message: str | None = None) -> None:
         """The one way a deployment ends."""
         self.current = None
         self.deadline = None
+        self.reload = None
         if outcome == "succeeded":
-            self.log.info("deployment %s: done, %s serves", deployment.id, deployment.target)
-            if deployment.previous is not None:
-                self.previous_release = deployment.previous.release.path
-            deployment.finish(outcome, f"{deployment.target} serves")
+            message = message or f"{deployment.target} serves"
+            self.log.info("deployment %s: done, %s", deployment.id, message)
+            if deployment.from_release is not None and deployment.release is not None:
+                if deployment.from_release.path != deployment.release.path:
+                    self.previous_release = deployment.from_release.path
+            deployment.finish(outcome, message)
         else:
             error = deployment.error or "failed"
             deployment.finish(outcome, error.splitlines()[0], error)
@@ -397,7 +466,7 @@ class Deployer:
             assert release is not None
             self.steps.mark_failed(release, self.failed_at, deployment.error or "failed")
         self.prune()
-        if outcome == "failed" and self.workers.serving is None:
+        if outcome == "failed" and self.workers.serving is None and deployment.kind == "boot":
             # The whole cause, worker traceback included: there is no `upgrade` to show it.
             self.steps.halt(f"the first generation failed to boot: {deployment.error}")
 

@@ -28,6 +28,12 @@ class Phase(str, enum.Enum):
     PROMOTED = "promoted"  # the new generation serves
     DRAINING = "draining"  # the old one stops accepting
     STOPPING = "stopping"  # a failed generation is being stopped
+    PLANNING = "planning"  # hot reload: what changes between the two releases, and is it allowed
+    PREPARING = "preparing"  # hot reload: every worker compiles and checks the new code
+    SUSPENDING = "suspending"  # hot reload: every worker holds new requests, finishes the rest
+    COMMITTING = "committing"  # hot reload: every worker patches its code and runs the hooks
+    RESUMING = "resuming"  # hot reload: held requests go on, on the new code
+    UNDOING = "undoing"  # hot reload: every worker puts the old code back
     DONE = "done"
     FAILED = "failed"
 
@@ -37,12 +43,15 @@ class Phase(str, enum.Enum):
 
 @dataclass
 class Deployment:
-    """Phases: [installing ->] [preflight ->] booting -> promoting -> promoted ->
-    draining -> done; or stopping -> failed (or straight to failed) at any step."""
+    """Blue-green: [installing ->] [preflight ->] booting -> promoting -> promoted ->
+    draining -> done; or stopping -> failed (or straight to failed) at any step.
+    Hot reload: [installing ->] planning -> preparing -> suspending -> committing ->
+    resuming -> done; or [undoing ->] failed."""
 
     kind: str
     previous: Generation | None
     release: Release | None = None
+    from_release: Release | None = None  # what served when it started (a hot reload changes it)
     artifact: str | None = None
     target: Generation | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(6))
@@ -55,6 +64,11 @@ class Deployment:
     events: list[dict[str, Any]] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # a hot reload's plan and results
+
+    def __post_init__(self) -> None:
+        if self.from_release is None and self.previous is not None:
+            self.from_release = self.previous.release
 
     @property
     def ended(self) -> bool:
@@ -92,7 +106,7 @@ class Deployment:
         return {
             "id": self.id,
             "kind": self.kind,
-            "from": self.previous.release.describe() if self.previous else None,
+            "from": self.from_release.describe() if self.from_release else None,
             "to": to,
             "generation": self.target.number if self.target else None,
             "phase": self.phase,
@@ -102,4 +116,5 @@ class Deployment:
             "outcome": self.outcome,
             "error": self.error,
             "timings": dict(self.timings),
+            **self.details,
         }

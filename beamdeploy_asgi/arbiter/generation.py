@@ -51,6 +51,7 @@ class WorkerProcess:
     stopped_accepting: bool = False
     failure: str | None = None
     app_file: str | None = None
+    hot_reload: int = 0  # the reload steps' version its beamdeploy-asgi speaks; 0: none
     reader: LineBuffer = field(default_factory=LineBuffer)
     outbox: bytearray = field(default_factory=bytearray)
     selector: selectors.BaseSelector | None = None

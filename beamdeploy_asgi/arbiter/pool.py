@@ -29,7 +29,13 @@ from beamdeploy_asgi.arbiter.generation import (
 )
 from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
 from beamdeploy_asgi.lines import LineTooLong, parse_object
-from beamdeploy_asgi.protocol import PROTOCOL_VERSION, Command, Event, mismatch
+from beamdeploy_asgi.protocol import (
+    HOT_RELOAD_VERSION,
+    PROTOCOL_VERSION,
+    Command,
+    Event,
+    mismatch,
+)
 from beamdeploy_asgi.releases.release import Release
 
 STOP_TIMEOUT = 5.0  # a worker told to stop before it served gets this long
@@ -64,6 +70,12 @@ class PoolListener(Protocol):
 
     def generation_ended(self, generation: Generation) -> None:
         """The last worker of a draining or failed generation exited."""
+
+    def worker_reloaded(self, generation: Generation, pid: int, answer: dict[str, Any]) -> None:
+        """A worker answered a hot reload step."""
+
+    def worker_exited(self, generation: Generation, pid: int) -> None:
+        """A worker of any generation exited."""
 
 
 @dataclass
@@ -103,6 +115,7 @@ class WorkerPool:
         self.generations: list[Generation] = []
         self.serving: Generation | None = None
         self.stopping = False
+        self.hold_spawns = False  # during a hot reload: no worker of the old code starts
         self.counter = 0
         self.worker_age = 0
 
@@ -165,6 +178,43 @@ class WorkerPool:
         if not generation.workers:
             self._end(generation)
 
+    # -- what a hot reload asks ------------------------------------------------
+
+    def reload_members(self, generation: Generation) -> tuple[set[int], str | None]:
+        """The workers that take part, or why the reload cannot start."""
+        workers = list(generation.workers.values())
+        if not workers:
+            return set(), f"{generation} has no worker"
+        for worker in workers:
+            if worker.state is not WorkerState.SERVING:
+                return set(), (
+                    f"worker {worker.pid} of {generation} is {worker.state.value}, not "
+                    "serving; try again once every worker serves"
+                )
+            if worker.hot_reload < HOT_RELOAD_VERSION:
+                return set(), (
+                    f"worker {worker.pid} runs a beamdeploy-asgi that cannot hot-reload; "
+                    "deploy this release with `beamdeploy upgrade`"
+                )
+        return {w.pid for w in workers}, None
+
+    def send_reload(self, generation: Generation, pids: set[int], message: dict[str, Any]) -> None:
+        for pid in pids:
+            worker = generation.workers.get(pid)
+            if worker is not None:
+                worker.send({"cmd": Command.RELOAD, **message})
+
+    def switch_release(self, generation: Generation, release: Release) -> None:
+        """After a hot reload the generation runs `release`; replacements start from it."""
+        generation.release = release
+
+    def retire_pids(self, generation: Generation, pids: set[int]) -> None:
+        for pid in pids:
+            worker = generation.workers.get(pid)
+            if worker is not None:
+                self.log.error("%s: worker %s did not answer; replacing it", generation, pid)
+                self.retire(worker)
+
     def releases_in_use(self) -> set[str]:
         return {g.release.path for g in self.generations if g.release.path}
 
@@ -179,7 +229,7 @@ class WorkerPool:
     def manage(self) -> None:
         """Keep the serving generation at its size, with back-off after crashes."""
         generation = self.serving
-        if generation is None or self.stopping:
+        if generation is None or self.stopping or self.hold_spawns:
             return
         active = generation.in_state(WorkerState.BOOTING, WorkerState.READY, WorkerState.SERVING)
         missing = generation.size - len(active)
@@ -307,9 +357,10 @@ class WorkerPool:
                 self.reject(worker, mismatch(protocol, f"worker {worker.pid}"))
                 return
             worker.state = WorkerState.READY
-            app_file = message.get("app_file")
-            if isinstance(app_file, str) and len(app_file) <= MAX_PATH:
-                worker.app_file = app_file
+            self._note_app_file(worker, message)
+            capability = message.get("hot_reload")
+            if isinstance(capability, int) and not isinstance(capability, bool):
+                worker.hot_reload = capability
             self.log.info("%s: worker %s is ready", generation, worker.pid)
             if generation is self.serving:
                 worker.send({"cmd": Command.SERVE})  # a replacement: it serves at once
@@ -334,6 +385,10 @@ class WorkerPool:
             self._changed(generation)
         elif event == Event.ADMIN:
             self.on_admin_request(worker, message)
+        elif event == Event.RELOAD:
+            self._note_app_file(worker, message)
+            if self.listener is not None:
+                self.listener.worker_reloaded(generation, worker.pid, message)
         elif event == Event.FAILED:
             cause = str(message.get("error") or "worker failed")
             phase = "import" if message.get("phase") == "import" else "boot"
@@ -351,6 +406,11 @@ class WorkerPool:
             worker.state = WorkerState.STOPPING
             worker.deadline = self.clock() + STOP_TIMEOUT
             self._failed(worker, cause, phase)
+
+    def _note_app_file(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        app_file = message.get("app_file")
+        if isinstance(app_file, str) and len(app_file) <= MAX_PATH:
+            worker.app_file = app_file
 
     def _failed(self, worker: WorkerProcess, cause: str, phase: str) -> None:
         """A worker that never served failed: its generation's deployment decides."""
@@ -401,6 +461,8 @@ class WorkerPool:
             cause = worker.failure or f"worker {worker.pid} {how} before it was ready"
             if self.listener is not None:
                 self.listener.worker_failed(generation, cause, "boot")
+        if self.listener is not None:
+            self.listener.worker_exited(generation, worker.pid)
         if not generation.workers and generation.state in (
             GenerationState.DRAINING,
             GenerationState.FAILED,

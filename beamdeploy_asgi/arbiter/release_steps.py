@@ -16,12 +16,16 @@ from typing import Any
 from gunicorn import systemd
 from gunicorn.errors import HaltServer
 
-from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall
+from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall, died
 from beamdeploy_asgi.arbiter.deployment import Deployment
-from beamdeploy_asgi.arbiter.spawn import worker_owner
-from beamdeploy_asgi.arbiter.tasks import TaskRunner
+from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
+from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
+from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
+
+PLAN_MODULE = "beamdeploy_asgi.reload.plan_task"
+PLAN_TIMEOUT = 120.0
 
 
 class ReleaseSteps:
@@ -60,6 +64,43 @@ class ReleaseSteps:
             failed=install_failed,
             wanted=wanted,
         ).start(on_prepared=forget_upload)
+
+    def plan(
+        self,
+        serving: Release,
+        new: Release,
+        done: Callable[[dict[str, Any] | None, str | None], None],
+    ) -> None:
+        """Compare the releases in a subprocess: the serving release's interpreter, as
+        the workers' user, so nothing of the new release runs and nothing is parsed as us."""
+        if serving.path is None or new.path is None:
+            done(None, "the serving generation runs from the arbiter's environment, not a release")
+            return
+
+        def exited(task: Task) -> None:
+            result = task.last("result")
+            if task.returncode == 0 and isinstance(result, dict):
+                done(result, None)
+            else:
+                done(None, task.last("error") or died(task, "the hot reload plan"))
+
+        def could_not_start(exc: OSError) -> None:
+            problem = owner_problem(exc, self.cfg, serving.python, "/")
+            done(None, f"the plan could not start: {problem}")
+
+        env = release_environment(dict(os.environ))
+        env["VIRTUAL_ENV"] = os.path.join(serving.path, "venv")
+        self.tasks.start(
+            "plan",
+            [serving.python, *bootstrap(PLAN_MODULE), serving.path, new.path],
+            on_line=lambda message: None,
+            on_exit=exited,
+            could_not_start=could_not_start,
+            timeout=PLAN_TIMEOUT,
+            env=env,
+            cwd="/",
+            owner=worker_owner(self.cfg),
+        )
 
     def open_to_workers(self, release: Release) -> str | None:
         if release.path is None or not worker_owner(self.cfg):

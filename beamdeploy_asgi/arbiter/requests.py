@@ -17,6 +17,8 @@ from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 
+MAX_SUSPEND = 300.0
+
 
 class ControlRequests:
     def __init__(
@@ -42,6 +44,8 @@ class ControlRequests:
             conn.reply(self.status())
         elif op == "upgrade":
             self.upgrade(request, conn)
+        elif op == "hot_reload":
+            self.hot_reload(request, conn)
         elif op == "rollback":
             self.rollback(request, conn)
         elif op == "releases":
@@ -64,6 +68,30 @@ class ControlRequests:
         return False
 
     def upgrade(self, request: dict[str, Any], conn: Replier) -> None:
+        self._deploy("upgrade", request, conn, preflight=True)
+
+    def hot_reload(self, request: dict[str, Any], conn: Replier) -> None:
+        timeout = request.get("suspend_timeout", 3.0)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= MAX_SUSPEND
+        ):
+            conn.fail(
+                "bad_request",
+                f"'suspend_timeout' must be seconds, above 0 and at most {MAX_SUSPEND:g}",
+            )
+            return
+        self._deploy(
+            "hot-reload",
+            request,
+            conn,
+            dry_run=bool(request.get("dry_run")),
+            suspend_timeout=float(timeout),
+        )
+
+    def _deploy(self, kind: str, request: dict[str, Any], conn: Replier, **options: Any) -> None:
+        """An upgrade or a hot reload of a release directory or an artifact."""
         path = request.get("release")
         if not isinstance(path, str) or not path or "\x00" in path:
             conn.fail("bad_request", "'release' must be the path of a release or an artifact")
@@ -79,8 +107,9 @@ class ControlRequests:
                 conn.fail("bad_request", "only uploads may be removed after their install")
                 return
         if os.path.isfile(path):
+            options.pop("preflight", None)  # an installed artifact always gets it
             deployment = self.deployer.start(
-                "upgrade", artifact=os.path.abspath(path), remove_after=remove_after
+                kind, artifact=os.path.abspath(path), remove_after=remove_after, **options
             )
         else:
             try:
@@ -88,7 +117,7 @@ class ControlRequests:
             except ReleaseError as exc:
                 conn.fail("invalid_release", str(exc))
                 return
-            deployment = self.deployer.start("upgrade", release=release, preflight=True)
+            deployment = self.deployer.start(kind, release=release, **options)
         self._answer(deployment, request, conn)
 
     def rollback(self, request: dict[str, Any], conn: Replier) -> None:

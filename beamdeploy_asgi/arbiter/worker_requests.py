@@ -114,7 +114,7 @@ class ForwardedRequests:
         """An upgrade over HTTP deploys an upload, or a path inside --release-dir only."""
         release = request.get("release")
         if (
-            request["op"] != "upgrade"
+            request["op"] not in ("upgrade", "hot_reload")
             or request.get("remove_after")
             or not isinstance(release, str)
         ):

@@ -36,6 +36,7 @@ from beamdeploy_asgi.running import set_current
 from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
+from beamdeploy_asgi.worker.reloading import RequestGate
 from beamdeploy_asgi.worker.runtime import WorkerRuntime
 from beamdeploy_asgi.worker.server import WorkerServer
 
@@ -110,6 +111,7 @@ def build_server(runtime: WorkerRuntime) -> WorkerServer:
         config.load()
     except BaseException as exc:
         raise BootFailure.from_exception("import", f"could not load {app_spec}", exc) from None
+    runtime.gate = config.loaded_app = RequestGate(config.loaded_app, runtime.cfg.admin_prefix)
     config.loaded_app = ConnectionCloseWhenDraining(with_admin(config, runtime), runtime)
     return WorkerServer(config, runtime)
 

@@ -10,11 +10,13 @@ from typing import Any
 
 from beamdeploy_asgi.config import Configuration
 from beamdeploy_asgi.protocol import TOKEN_ENV, WorkerSpec
+from beamdeploy_asgi.releases.provenance import app_file
 from beamdeploy_asgi.running import current, set_current  # noqa: F401  (app code uses these)
 from beamdeploy_asgi.settings import Secret
 from beamdeploy_asgi.version import __version__
 from beamdeploy_asgi.worker.arbiter_requests import ArbiterRequests
 from beamdeploy_asgi.worker.channel import Channel
+from beamdeploy_asgi.worker.reloading import ReloadSteps
 
 
 class WorkerRuntime:
@@ -39,6 +41,17 @@ class WorkerRuntime:
         self.app_file: str | None = None
         self.admin_enabled = spec.admin  # a token is set (in the arbiter)
         self.requests = ArbiterRequests(channel)
+        self.gate: Any = None  # the RequestGate in front of the app, once it is built
+        self.reloads = ReloadSteps(self)
+
+    def set_release(self, release: dict[str, Any]) -> None:
+        """After a hot reload: this worker runs `release` now."""
+        self.release = release
+        self.name = (
+            f"generation {self.generation} ({release['name']} {release['version']}) "
+            f"worker {self.pid}"
+        )
+        self.app_file = app_file(release["app"]) or self.app_file
 
     def load_config(self) -> None:
         application = Configuration(self.spec.argv, lenient=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from beamdeploy_asgi.protocol import PROTOCOL_VERSION, Command, Event
+from beamdeploy_asgi.protocol import HOT_RELOAD_VERSION, PROTOCOL_VERSION, Command, Event
 from beamdeploy_asgi.worker.drain import is_websocket, unread_bytes
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
 from beamdeploy_asgi.worker.header_timeout import HeaderTimeout
@@ -92,6 +92,8 @@ class WorkerServer(uvicorn.Server):
             self.serve_ordered.set()
         elif command.get("cmd") == Command.ADMIN:
             self.runtime.requests.on_reply(command)
+        elif command.get("cmd") == Command.RELOAD:
+            self.runtime.reloads.on_command(command)
 
     def on_arbiter_lost(self) -> None:
         self.runtime.log.error("the arbiter is gone; draining and exiting")
@@ -106,7 +108,12 @@ class WorkerServer(uvicorn.Server):
         runtime.start_heartbeat()
         if not await self._unless_stopped(self._boot()):
             await self._stop_unserved()
-        runtime.channel.send(Event.READY, protocol=PROTOCOL_VERSION, app_file=runtime.app_file)
+        runtime.channel.send(
+            Event.READY,
+            protocol=PROTOCOL_VERSION,
+            app_file=runtime.app_file,
+            hot_reload=HOT_RELOAD_VERSION,
+        )
         if not await self._unless_stopped(self.serve_ordered.wait()):
             await self._stop_unserved()
         loop = asyncio.get_running_loop()

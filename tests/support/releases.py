@@ -39,11 +39,18 @@ class ReleaseFactory:
         packages: tuple[str, ...] = (),
         manifest_extra: dict | None = None,
         dirname: str | None = None,
+        files: dict[str, str] | None = None,
     ) -> Path:
-        """A release dir whose venv is a fresh uv venv with the test wheel installed."""
+        """A release dir whose venv is a fresh uv venv with the test wheel installed.
+
+        `files` are more modules of the app, by path under app/.
+        """
         release = self.root / (dirname or f"{name}-{version}")
         (release / "app").mkdir(parents=True)
         (release / "app" / "main.py").write_text(textwrap.dedent(app_source))
+        for path, source in (files or {}).items():
+            (release / "app" / path).parent.mkdir(parents=True, exist_ok=True)
+            (release / "app" / path).write_text(textwrap.dedent(source))
         manifest = {"name": name, "version": version, "app": app, "pythonpath": ["app"]}
         manifest.update(manifest_extra or {})
         (release / "beamdeploy-release.json").write_text(json.dumps(manifest))

@@ -55,6 +55,10 @@ class FakePool:
         self.calls: list[tuple[str, int]] = []
         self.counter = 0
         self.spawn_error: str | None = None
+        self.hold_spawns = False
+        self.members_problem: str | None = None
+        self.sent: list[tuple[set[int], dict[str, Any]]] = []
+        self.retired: set[int] = set()
 
     # the Workers interface
     def create(self, rel: Release) -> Generation:
@@ -101,6 +105,31 @@ class FakePool:
 
     def releases_in_use(self) -> set[str]:
         return {path for path in [self.serving.release.path if self.serving else None] if path}
+
+    def reload_members(self, generation: Generation) -> tuple[set[int], str | None]:
+        if self.members_problem:
+            return set(), self.members_problem
+        return {101, 102}, None
+
+    def send_reload(self, generation: Generation, pids: set[int], message: dict[str, Any]) -> None:
+        self.sent.append((set(pids), message))
+
+    def switch_release(self, generation: Generation, rel: Release) -> None:
+        generation.release = rel
+
+    def retire_pids(self, generation: Generation, pids: set[int]) -> None:
+        self.retired |= pids
+
+    def answer(self, generation: Generation, **by_pid: dict[str, Any]) -> None:
+        """Workers answer the last step sent: `w101={...}`; ok unless told otherwise."""
+        assert self.deployer is not None
+        last = self.sent[-1][1]
+        for key, fields in by_pid.items():
+            answer = {"id": last["id"], "step": last["step"], "ok": True, **fields}
+            self.deployer.worker_reloaded(generation, int(key[1:]), answer)
+
+    def steps_sent(self) -> list[str]:
+        return [message["step"] for _, message in self.sent]
 
     # events the test plays
     def _set(self, generation: Generation, state: str, count: int | None = None) -> None:
@@ -150,9 +179,13 @@ class FakeSteps:
         self.records: list[tuple[str, str | None]] = []
         self.marked: list[tuple[str, str, str]] = []
         self.pruned: list[set[str]] = []
+        self.plans: list[Any] = []
 
     def install(self, artifact: str, **callbacks: Any) -> None:
         self.installs.append({"artifact": artifact, **callbacks})
+
+    def plan(self, serving: Release, new: Release, done: Any) -> None:
+        self.plans.append(done)
 
     def open_to_workers(self, rel: Release) -> str | None:
         return self.open_problem
@@ -547,3 +580,162 @@ def test_recent_lists_this_run_newest_first_then_the_history(rig):
     assert rig.deployer.find("earlier") == rig.deployer.past[0]
     assert rig.deployer.find(upgrade.id) is upgrade
     assert rig.deployer.find("nope") is None
+
+
+# -- hot reload -----------------------------------------------------------------
+
+
+PLAN = {
+    "modules": [
+        {"module": "main", "old_file": "/r/1.0/app/main.py", "new_file": "/r/1.1/app/main.py"}
+    ],
+    "functions": 2,
+    "refusals": [],
+    "refused": 0,
+    "old_paths": ["/r/1.0/app"],
+    "new_paths": ["/r/1.1/app"],
+}
+
+
+def hot_reload(rig: Rig, **options: Any) -> tuple[Deployment, Generation]:
+    serving = rig.serving()
+    deployment = rig.deployer.start("hot-reload", release=release("1.1", "/r/1.1"), **options)
+    assert deployment.phase is Phase.PLANNING
+    return deployment, serving
+
+
+def test_a_hot_reload_goes_step_by_step_through_every_worker(rig):
+    deployment, serving = hot_reload(rig, suspend_timeout=1.5)
+    rig.steps.plans[0](PLAN, None)
+    assert deployment.phase is Phase.PREPARING and rig.pool.hold_spawns
+    pids, prepare = rig.pool.sent[-1]
+    assert pids == {101, 102} and prepare["modules"] == PLAN["modules"]
+    assert prepare["new_paths"] == ["/r/1.1/app"]
+    rig.pool.answer(serving, w101={})
+    assert deployment.phase is Phase.PREPARING, "waits for every worker"
+    rig.pool.answer(serving, w102={})
+    assert deployment.phase is Phase.SUSPENDING
+    assert rig.pool.sent[-1][1]["timeout"] == 1.5
+    rig.pool.answer(serving, w101={}, w102={})
+    assert deployment.phase is Phase.COMMITTING
+    commit = rig.pool.sent[-1][1]
+    assert (commit["old_version"], commit["new_version"]) == ("1.0", "1.1")
+    hooks = [{"module": "main", "result": "None", "seconds": 0.001}]
+    rig.pool.answer(serving, w101={"hooks": hooks}, w102={"hooks": hooks})
+    assert deployment.phase is Phase.RESUMING
+    assert serving.release.version == "1.1", "the generation runs the new release now"
+    assert rig.steps.promotions[-1] == deployment.id, "current points at it"
+    rig.pool.answer(serving, w101={"held": 3, "held_for": 0.004}, w102={"held": 0})
+    assert deployment.outcome == "succeeded"
+    assert rig.pool.steps_sent() == ["prepare", "suspend", "commit", "resume"]
+    assert not rig.pool.hold_spawns
+    assert deployment.details["workers"]["101"]["resume"] == {"held": 3, "held_for": 0.004}
+    assert deployment.details["workers"]["102"]["commit"]["hooks"] == hooks
+    assert rig.pool.serving is serving and rig.pool.calls.count(("start", 2)) == 0
+    assert rig.deployer.previous_release == "/r/1.0"
+    summary = deployment.summary()
+    assert summary["from"]["version"] == "1.0" and summary["to"]["version"] == "1.1"
+
+
+def test_a_refused_plan_touches_no_worker(rig):
+    deployment, serving = hot_reload(rig)
+    refused = {**PLAN, "refusals": ["/r/1.1/app/main.py:3: import: ..."], "refused": 1}
+    rig.steps.plans[0](refused, None)
+    assert deployment.outcome == "failed" and rig.pool.sent == []
+    assert deployment.error.startswith("hot reload refused (1 reasons); deploy it with")
+    assert "/r/1.1/app/main.py:3: import: ..." in deployment.error
+    assert serving.release.version == "1.0" and rig.steps.marked == []
+
+
+def test_a_dry_run_plans_and_stops(rig):
+    deployment, serving = hot_reload(rig, dry_run=True)
+    rig.steps.plans[0](PLAN, None)
+    assert deployment.outcome == "succeeded" and rig.pool.sent == []
+    assert deployment.events[-1]["message"].startswith("dry run: 1 modules, 2 functions change")
+    assert deployment.details["plan"] is PLAN and serving.release.version == "1.0"
+
+
+def test_a_failed_plan_or_unready_workers_fail_before_any_step(rig):
+    deployment, _ = hot_reload(rig)
+    rig.steps.plans[0](None, "the plan exited with code 1")
+    assert deployment.error == "hot reload planning failed: the plan exited with code 1"
+    rig.pool.members_problem = "worker 101 of generation 1 is booting, not serving"
+    second = rig.deployer.start("hot-reload", release=release("1.1", "/r/1.1"))
+    rig.steps.plans[1](PLAN, None)
+    assert (
+        second.error
+        == "hot reload cannot start: worker 101 of generation 1 is booting, not serving"
+    )
+    assert rig.pool.sent == [] and not rig.pool.hold_spawns
+
+
+def test_a_worker_that_refuses_at_prepare_aborts_everywhere(rig):
+    deployment, serving = hot_reload(rig)
+    rig.steps.plans[0](PLAN, None)
+    refusal = "/r/1.1/app/main.py:9: route-signature: ..."
+    rig.pool.answer(serving, w101={}, w102={"ok": False, "refusals": [refusal]})
+    assert deployment.phase is Phase.UNDOING
+    assert rig.pool.steps_sent() == ["prepare", "abort"]
+    assert deployment.outcome is None, "reported once every worker is back"
+    rig.pool.answer(serving, w101={}, w102={})
+    assert deployment.outcome == "failed"
+    assert deployment.error == (
+        "hot reload failed: the workers refused the new code; nothing was changed:\n" + refusal
+    )
+    assert serving.release.version == "1.0" and not rig.pool.hold_spawns
+
+
+def test_a_commit_that_fails_in_one_worker_undoes_every_worker(rig):
+    deployment, serving = hot_reload(rig)
+    rig.steps.plans[0](PLAN, None)
+    rig.pool.answer(serving, w101={}, w102={})
+    rig.pool.answer(serving, w101={}, w102={})
+    cause = (
+        "main.beamdeploy_code_change('1.0', '1.1') raised KeyError: 'x'; every change was undone"
+    )
+    rig.pool.answer(serving, w101={}, w102={"ok": False, "error": cause})
+    assert deployment.phase is Phase.UNDOING and rig.pool.steps_sent()[-1] == "undo"
+    assert serving.release.version == "1.0", "never switched"
+    rig.pool.answer(serving, w101={}, w102={})
+    assert deployment.outcome == "failed"
+    assert f"worker 102: {cause}" in deployment.error
+    assert "a worker could not apply the new code" in deployment.error
+
+
+def test_a_worker_that_exits_or_does_not_answer_fails_the_step(rig):
+    deployment, serving = hot_reload(rig, suspend_timeout=2.0)
+    rig.steps.plans[0](PLAN, None)
+    rig.pool.answer(serving, w101={})
+    rig.deployer.worker_exited(serving, 102)
+    assert deployment.phase is Phase.UNDOING, "a worker gone at prepare is a no"
+    rig.deployer.worker_exited(serving, 102)  # no code left to abort in it
+    rig.pool.answer(serving, w101={})
+    assert deployment.outcome == "failed" and "worker 102 exited" in deployment.error
+
+    second = rig.deployer.start("hot-reload", release=release("1.1", "/r/1.1"), suspend_timeout=2.0)
+    rig.steps.plans[1](PLAN, None)
+    rig.pool.answer(serving, w101={}, w102={})
+    rig.pool.answer(serving, w101={})  # 102 never answers the suspend
+    rig.clock.advance(2.0 + 2.0 - 0.01)
+    rig.deployer.tick()
+    assert second.phase is Phase.SUSPENDING
+    rig.clock.advance(0.02)
+    rig.deployer.tick()
+    assert second.phase is Phase.UNDOING
+    rig.clock.advance(60)
+    rig.deployer.tick()  # nobody confirms the abort either: they are replaced
+    assert second.outcome == "failed" and rig.pool.retired == {101, 102}
+    assert "worker 102: worker 102 did not answer in time" in second.error
+
+
+def test_late_or_stray_answers_change_nothing(rig):
+    deployment, serving = hot_reload(rig)
+    rig.steps.plans[0](PLAN, None)
+    rig.deployer.worker_reloaded(serving, 101, {"id": 999, "step": "prepare", "ok": False})
+    rig.deployer.worker_reloaded(serving, 101, {"id": rig.pool.sent[-1][1]["id"], "step": "commit"})
+    rig.deployer.worker_reloaded(
+        serving, 555, {"id": rig.pool.sent[-1][1]["id"], "step": "prepare"}
+    )
+    assert deployment.phase is Phase.PREPARING
+    rig.pool.answer(serving, w101={}, w102={})
+    assert deployment.phase is Phase.SUSPENDING

@@ -44,6 +44,8 @@ class Clock:
 class Listener:
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.exits: list[int] = []
+        self.reloads: list[tuple[int, dict[str, Any]]] = []
 
     def worker_imported(self, generation: Generation) -> None:
         self.events.append(("imported", generation.number))
@@ -56,6 +58,12 @@ class Listener:
 
     def generation_ended(self, generation: Generation) -> None:
         self.events.append(("ended", generation.number))
+
+    def worker_exited(self, generation: Generation, pid: int) -> None:
+        self.exits.append(pid)
+
+    def worker_reloaded(self, generation: Generation, pid: int, answer: dict[str, Any]) -> None:
+        self.reloads.append((pid, answer))
 
 
 class Heartbeat:
@@ -288,6 +296,39 @@ def test_crashes_of_the_serving_generation_back_off(rig):
         delays.append(serving.respawn_at - rig.clock.now)
     assert delays == [0.0, 0.5, 1.0, 2.0]
     assert serving.state is GenerationState.SERVING, "a crash never ends the serving generation"
+
+
+def test_hot_reload_members_commands_and_answers(rig):
+    serving = generation(rig)
+    rig.pool.promote(serving)
+    old, new = rig.worker(serving), rig.worker(serving)
+    rig.said(old, event="ready", protocol=1)  # a beamdeploy-asgi without hot reload
+    rig.said(old, event="serving")
+    rig.said(new, event="ready", protocol=1, hot_reload=1)
+    rig.heard(old), rig.heard(new)
+    pids, problem = rig.pool.reload_members(serving)
+    assert pids == set() and f"worker {old.pid} runs a beamdeploy-asgi that cannot" in problem
+    assert "upgrade" in problem
+    rig.said(new, event="serving")
+    old.hot_reload = 1
+    pids, problem = rig.pool.reload_members(serving)
+    assert pids == {old.pid, new.pid} and problem is None
+
+    rig.pool.send_reload(serving, {new.pid}, {"id": 7, "step": "prepare"})
+    assert rig.heard(new) == [{"cmd": "reload", "id": 7, "step": "prepare"}]
+    assert rig.heard(old) == []
+    rig.said(new, event="reload", id=7, step="prepare", ok=True, app_file="/r/2/main.py")
+    assert rig.listener.reloads == [
+        (new.pid, {"event": "reload", "id": 7, "step": "prepare", "ok": True,
+                   "app_file": "/r/2/main.py"}),
+    ]  # fmt: skip
+    assert new.app_file == "/r/2/main.py"
+
+    rig.pool.hold_spawns = True
+    rig.exit(old, code=1)
+    assert rig.listener.exits == [old.pid]
+    rig.pool.manage()  # no worker of the old code starts during a reload
+    assert list(serving.workers) == [new.pid]
 
 
 def test_a_reaped_pid_that_is_no_worker_is_not_ours(rig):

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import CodeType
 
-from beamdeploy_asgi.hot_reload.changes import (
+from beamdeploy_asgi.reload.changes import (
     ConstantChange,
     FunctionChange,
     ModuleChanges,

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from beamdeploy_asgi.hot_reload.changes import ConstantChange, FunctionChange, ModuleChanges
-from beamdeploy_asgi.hot_reload.classify import classify
+from beamdeploy_asgi.reload.changes import ConstantChange, FunctionChange, ModuleChanges
+from beamdeploy_asgi.reload.classify import classify
 
 FILE = "app/routes.py"
 UPGRADE = "deploy it with `beamdeploy upgrade`"
@@ -603,7 +603,7 @@ def test_absurd_nesting_is_refused_not_raised():
 
 
 def test_a_comparison_too_deep_to_finish_is_refused_not_raised(monkeypatch):
-    from beamdeploy_asgi.hot_reload import classify as module
+    from beamdeploy_asgi.reload import classify as module
 
     def too_deep(node):
         raise RecursionError

@@ -25,8 +25,8 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from beamdeploy_asgi.hot_reload.changes import Refusal
 from beamdeploy_asgi.releases.release import DIGEST_FILE, MANIFEST, Release
+from beamdeploy_asgi.reload.changes import Refusal
 
 MAX_FILE = 5 * 1024 * 1024  # bytes of one file read: a source, a RECORD, a data file
 MAX_FILES = 50_000  # files in one directory tree walked

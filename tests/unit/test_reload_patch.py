@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from beamdeploy_asgi.hot_reload.changes import (
+from beamdeploy_asgi.reload.changes import (
     ConstantChange,
     FunctionChange,
     ModuleChanges,
     Refusal,
 )
-from beamdeploy_asgi.hot_reload.patch import ModulePatch, PatchRefused, prepare
+from beamdeploy_asgi.reload.patch import ModulePatch, PatchRefused, prepare
 
 _names = itertools.count()
 
@@ -888,7 +888,7 @@ def test_describe_says_what_is_patched(hot):
 
 
 def test_classify_and_patch_together(hot):
-    classify = pytest.importorskip("beamdeploy_asgi.hot_reload.classify").classify
+    classify = pytest.importorskip("beamdeploy_asgi.reload.classify").classify
     module = hot.load(SERVICE + "\nVERSION = 1\n")
     service = module.Service()
     new = (

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType, FunctionType, ModuleType
 from typing import Any, NoReturn
 
-from beamdeploy_asgi.hot_reload.changes import (
+from beamdeploy_asgi.reload.changes import (
     ConstantChange,
     FunctionChange,
     ModuleChanges,

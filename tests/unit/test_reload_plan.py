@@ -12,9 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from beamdeploy_asgi.hot_reload.changes import Refusal
-from beamdeploy_asgi.hot_reload.plan import MAX_FILE, ChangedModule, compare
 from beamdeploy_asgi.releases.release import Release
+from beamdeploy_asgi.reload.changes import Refusal
+from beamdeploy_asgi.reload.plan import MAX_FILE, ChangedModule, compare
 
 UPGRADE = "use `beamdeploy upgrade`"
 SITE = "venv/lib/python3.11/site-packages"
