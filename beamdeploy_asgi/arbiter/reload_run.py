@@ -31,6 +31,7 @@ COMMIT_LIMIT = 30.0  # patching plus the code-change hooks
 SHORT_LIMIT = 10.0  # resume, undo, abort: nothing to wait for but the loop
 BACKSTOP = 2.0
 MAX_REPORTED = 20  # refusals or errors quoted in the deployment's error
+MAX_REASON = 1000  # characters of one worker's reason: it comes from a process running app code
 
 _ids = itertools.count(1)
 
@@ -59,9 +60,14 @@ class Round:
                 continue
             refusals = answer.get("refusals")
             if isinstance(refusals, list) and refusals:
-                reasons += [str(r) for r in refusals if str(r) not in reasons]
+                for refusal in refusals[:MAX_REPORTED]:
+                    text = str(refusal)[:MAX_REASON]
+                    if text not in reasons:
+                        reasons.append(text)
             else:
-                reasons.append(f"worker {pid}: {answer.get('error') or 'said no'}")
+                reasons.append(
+                    f"worker {pid}: {str(answer.get('error') or 'said no')[:MAX_REASON]}"
+                )
         return reasons
 
 
@@ -257,10 +263,47 @@ class ReloadRun:
 
     def _record_results(self, done: Round, step: str) -> None:
         for pid, answer in done.answers.items():
-            kept = {k: v for k, v in answer.items() if k not in ("id", "step", "ok", "event")}
-            self.results.setdefault(str(pid), {})[step] = kept
+            self.results.setdefault(str(pid), {})[step] = worker_report(step, answer)
         self.deployment.details["workers"] = self.results
 
     def _took(self, step: str) -> None:
         if step in self.since:
             self.deployment.timings[step] = self.clock() - self.since[step]
+
+
+def worker_report(step: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """What the deployment keeps of a worker's answer: known fields, bounded.
+
+    The answer comes from a process that runs app code, and the record goes
+    to the status and the history file.
+    """
+    if step == "prepare":
+        patches = [p for p in _items(answer.get("patches")) if isinstance(p, dict)]
+        return {
+            "modules": [str(p.get("module"))[:200] for p in patches if not p.get("skipped")],
+            "function_objects": sum(_number(p.get("function_objects")) for p in patches),
+        }
+    if step == "commit":
+        hooks = [h for h in _items(answer.get("hooks")) if isinstance(h, dict)]
+        return {
+            "hooks": [
+                {
+                    "module": str(h.get("module"))[:200],
+                    "result": str(h.get("result"))[:200],
+                    "seconds": _number(h.get("seconds")),
+                }
+                for h in hooks
+            ],
+            "commit_seconds": _number(answer.get("commit_seconds")),
+        }
+    return {"held": int(_number(answer.get("held"))), "held_for": _number(answer.get("held_for"))}
+
+
+def _items(value: Any) -> list[Any]:
+    return value[:MAX_REPORTED] if isinstance(value, list) else []
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value)
