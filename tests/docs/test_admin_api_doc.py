@@ -60,9 +60,14 @@ def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, artifac
     status = server.status()
     assert status["serving"]["release"]["version"] == "1.6.0"
     kinds = [d["kind"] for d in status["deployments"]]
-    # upgrade 1.5.0, upload 1.7.0, upgrade 1.6.0, rollback (to 1.7.0), rollback --to 1.6.0
-    assert kinds[:6] == ["rollback", "rollback", "upgrade", "upgrade", "upgrade", "boot"]
-    assert [d["to"]["version"] for d in status["deployments"][:5]] == [
+    # upgrade 1.5.0, upload 1.7.0, upgrade 1.6.0, rollback (to 1.7.0), rollback --to 1.6.0,
+    # a hot reload's dry run to 1.5.0
+    assert kinds[:7] == [
+        "hot-reload", "rollback", "rollback", "upgrade", "upgrade", "upgrade", "boot"
+    ]  # fmt: skip
+    assert "dry run: 1 modules, 0 functions change; nothing was applied" in out
+    assert [d["to"]["version"] for d in status["deployments"][:6]] == [
+        "1.5.0",
         "1.6.0",
         "1.7.0",
         "1.6.0",
