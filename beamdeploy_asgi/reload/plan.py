@@ -32,8 +32,11 @@ MAX_FILE = 5 * 1024 * 1024  # bytes of one file read: a source, a RECORD, a data
 MAX_FILES = 50_000  # files in one directory tree walked
 UPGRADE = "use `beamdeploy upgrade`"
 EXTENSIONS = (".so", ".pyd")
-# Written by the installer or the build tool, read by nothing the app runs.
-IGNORED_DIST_FILES = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "WHEEL"})
+# Written by the installer or the build tool, read by nothing the app runs
+# (uv writes its cache key into uv_cache.json).
+IGNORED_DIST_FILES = frozenset(
+    {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "WHEEL", "uv_cache.json"}
+)
 IGNORED_METADATA = frozenset({"version", "description"})
 # The release's own files, not the app's, when pythonpath names the release itself.
 RELEASE_FILES = frozenset({"venv", MANIFEST, DIGEST_FILE})

@@ -270,3 +270,19 @@ def test_the_hot_reload_cli_reports_json(serve, counter):
     assert record["from"]["version"] == "1.0"
     history = server.status()["deployments"]
     assert history[0]["id"] == record["id"] and history[0]["kind"] == "hot-reload"
+
+
+def test_an_artifact_of_a_packaged_app_is_installed_then_hot_reloaded(serve, artifacts, offline):
+    """The app is its own wheel in the venv here, not files under app/."""
+    server = serve("--workers", "2", "--release", str(artifacts["1.0.0"]), env=offline)
+    pids = sorted(server.serving_pids())
+    done = server.cli("hot-reload", str(artifacts["1.1.0"]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for phase in ("installing", "planning", "preparing", "committing", "done"):
+        assert f" {phase} " in done.stdout
+    assert "  sample.app: VERSION =" in done.stdout
+    assert httpx.get(server.url).text.startswith("1.1.0 sample")
+    assert sorted(server.serving_pids()) == pids
+    serving = server.status()["serving"]["release"]
+    assert serving["version"] == "1.1.0"
+    assert serving["path"] == str(server.state_dir / "releases" / "sample-1.1.0")

@@ -352,7 +352,8 @@ def test_an_added_or_removed_dependency_is_refused(tmp_path: Path):
 
 
 def test_what_the_installer_writes_for_each_venv_is_not_compared(tmp_path: Path):
-    """Scripts get the venv's own shebang; INSTALLER and direct_url.json say how, not what."""
+    """Scripts get the venv's own shebang; INSTALLER, direct_url.json and uv_cache.json
+    say how it was installed, not what."""
     old = release(tmp_path / "old")
     new = release(tmp_path / "new")
     for where, url in ((tmp_path / "old", "file:///a.whl"), (tmp_path / "new", "file:///b.whl")):
@@ -362,9 +363,12 @@ def test_what_the_installer_writes_for_each_venv_is_not_compared(tmp_path: Path)
         write(where / "venv/bin/starlette", script)
         write(info / "direct_url.json", json.dumps({"url": url}))
         write(info / "INSTALLER", "pip\n" if where.name == "new" else "uv\n")
+        cache = json.dumps({"timestamp": where.name}).encode()  # uv's, one per install
+        write(info / "uv_cache.json", cache)
         record = (info / "RECORD").read_text()
         record += f"../../../bin/starlette,{digest(script)},{len(script)}\n"
         record += f"{info.name}/direct_url.json,,\n"
+        record += f"{info.name}/uv_cache.json,{digest(cache)},{len(cache)}\n"
         (info / "RECORD").write_text(record)
     assert compare(old, new).refusals == []
 
