@@ -161,8 +161,9 @@ def test_the_arbiter_confines_paths_even_when_a_worker_does_not(serve, releases,
     # With the token (say, seen on a request it served), app code skips the
     # worker's own check; the arbiter checks again.
     outside = str(releases["v2"])
-    forged = httpx.get(
-        server.url + "/forge", params={"token": TOKEN, "op": "upgrade", "release": outside}
-    )
-    assert forged.json() == {"refused": "path_not_allowed"}
+    for op in ("upgrade", "hot_reload"):
+        forged = httpx.get(
+            server.url + "/forge", params={"token": TOKEN, "op": op, "release": outside}
+        )
+        assert forged.json() == {"refused": "path_not_allowed"}, op
     assert server.status()["deployments"][0]["kind"] == "boot", "nothing was deployed"

@@ -17,6 +17,7 @@ from beamdeploy_asgi.errors import DeploymentFailed
 from tests.support.load import Load
 from tests.support.releases import ReleaseFactory
 from tests.support.server import ServerProcess, wait_in_flight
+from tests.support.tokens import AUTH, TOKEN
 
 MAIN = """
 import asyncio, os
@@ -286,3 +287,21 @@ def test_an_artifact_of_a_packaged_app_is_installed_then_hot_reloaded(serve, art
     serving = server.status()["serving"]["release"]
     assert serving["version"] == "1.1.0"
     assert serving["path"] == str(server.state_dir / "releases" / "sample-1.1.0")
+
+
+def test_over_http_the_request_asking_for_it_is_not_waited_for(serve, counter, tmp_path):
+    v1, v2 = counter("1.0"), counter("1.1", label="green")
+    server = serve(
+        "--workers", "2", "--release", str(v1), "--release-dir", str(v2.parent),
+        env={"BEAMDEPLOY_TOKEN": TOKEN},
+    )  # fmt: skip
+    url = server.url + "/_deploy/hot-reload"
+    outside = httpx.post(url, json={"release": str(tmp_path)}, headers=AUTH)
+    assert outside.status_code == 403 and outside.json()["error"] == "path_not_allowed"
+    bad = httpx.post(url + "?suspend_timeout=0", json={"release": v2.name}, headers=AUTH)
+    assert bad.status_code == 400 and "suspend_timeout" in bad.json()["detail"]
+    assert httpx.post(url, json={"release": v2.name}).status_code == 401
+    done = httpx.post(url + "?wait=true", json={"release": v2.name}, headers=AUTH, timeout=60)
+    assert done.status_code == 200, done.text
+    assert done.json()["outcome"] == "succeeded"
+    assert httpx.get(server.url).text.startswith("1.1 green ")
