@@ -56,19 +56,25 @@ _Function = ast.FunctionDef | ast.AsyncFunctionDef
 _Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
-def classify(module: str, file: str, old_source: str, new_source: str) -> ModuleChanges:
-    """Every difference between `old_source` and `new_source`, as changes or refusals."""
+def classify(
+    module: str, file: str, old_source: str, new_source: str, old_file: str | None = None
+) -> ModuleChanges:
+    """Every difference between `old_source` and `new_source`, as changes or refusals.
+
+    A refusal of something removed points at `old_file` (the serving release's
+    copy), where its line is; any other at `file`, the new one.
+    """
     changes = ModuleChanges(module=module, file=file)
     new = _compile(new_source, file, "new")
     if isinstance(new, Refusal):
         changes.refusals.append(new)
         return changes
-    old = _compile(old_source, file, "old")
+    old = _compile(old_source, old_file or file, "old")
     if isinstance(old, Refusal):
         changes.refusals.append(old)
         return changes
     try:
-        _Diff(changes, old, new).module()
+        _Diff(changes, old, new, old_file or file).module()
     except RecursionError:
         why = f"the source nests too deeply to compare safely; {UPGRADE}"
         return ModuleChanges(module, file, refusals=[Refusal(file, 1, "too-deep", why)])
@@ -297,24 +303,29 @@ def _scope_walk(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
 class _Diff:
     """Walks the old and new module side by side, filling one ModuleChanges."""
 
-    def __init__(self, changes: ModuleChanges, old: _Compiled, new: _Compiled) -> None:
+    def __init__(
+        self, changes: ModuleChanges, old: _Compiled, new: _Compiled, old_file: str
+    ) -> None:
         self.changes = changes
         self.old = old
         self.new = new
+        self.old_file = old_file
 
     def refuse(self, refusal: Refusal | None) -> None:
         if refusal is not None:
             self.changes.refusals.append(refusal)
 
-    def refusal(self, line: int, rule: str, why: str) -> Refusal:
-        return Refusal(self.changes.file, line, rule, why)
+    def refusal(self, line: int, rule: str, why: str, *, old: bool = False) -> Refusal:
+        """`old`: the line is in the serving release's file."""
+        return Refusal(self.old_file if old else self.changes.file, line, rule, why)
 
     def module(self) -> None:
         old = _read_scope(self.old.tree.body, in_class=False)
         new = _read_scope(self.new.tree.body, in_class=False)
         self.changes.docstring = old.docstring != new.docstring
         self.scope(old, new, owner="")
-        self.changes.refusals.sort(key=lambda refusal: refusal.line)  # as a user reads the file
+        # As a user reads the files: the new one first, then what is gone from the old one.
+        self.changes.refusals.sort(key=lambda r: (r.file != self.changes.file, r.line))
 
     def scope(self, old: _Scope, new: _Scope, owner: str) -> None:
         """One module or class body; `owner` is the class's qualname, "" for the module."""
@@ -404,7 +415,7 @@ class _Diff:
                 f"{old.kind} `{qualname}` was removed; running code and live objects may still"
                 f" use it; {UPGRADE}"
             )
-            self.refuse(self.refusal(node.lineno, _statement_rule(node, owner), why))
+            self.refuse(self.refusal(node.lineno, _statement_rule(node, owner), why, old=True))
         else:
             self.refuse(self.statement_removed(node, owner))
 
@@ -433,10 +444,10 @@ class _Diff:
 
     def statement_removed(self, node: ast.stmt, owner: str) -> Refusal:
         why = (
-            f"{_where(node, owner)} (line {node.lineno} of the old source) was removed or"
-            f" changed; what it did when it ran stays done in running processes; {UPGRADE}"
+            f"{_where(node, owner)} was removed or changed; what it did when it ran stays"
+            f" done in running processes; {UPGRADE}"
         )
-        return self.refusal(node.lineno, _statement_rule(node, owner), why)
+        return self.refusal(node.lineno, _statement_rule(node, owner), why, old=True)
 
     # --- functions
 

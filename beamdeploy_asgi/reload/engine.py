@@ -76,7 +76,7 @@ class Reload:
             except (OSError, ValueError) as exc:
                 refusals.append(Refusal(files.new_file, 0, "unreadable", str(exc)))
                 continue
-            changes = classify(files.module, files.new_file, old, new)
+            changes = classify(files.module, files.new_file, old, new, files.old_file)
             self.changes.append(changes)
             if changes.refusals:
                 refusals += changes.refusals

@@ -34,7 +34,11 @@ def make_plan(serving: Release, new: Release) -> dict[str, Any]:
         }
         if changed.old_source is not None:
             changes = classify(
-                changed.module, changed.new_file, changed.old_source, changed.new_source
+                changed.module,
+                changed.new_file,
+                changed.old_source,
+                changed.new_source,
+                changed.old_file,
             )
             refusals += [str(r) for r in changes.refusals]
             functions += len(changes.functions)

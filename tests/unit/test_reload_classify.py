@@ -10,12 +10,13 @@ from beamdeploy_asgi.reload.changes import ConstantChange, FunctionChange, Modul
 from beamdeploy_asgi.reload.classify import classify
 
 FILE = "app/routes.py"
+OLD_FILE = "serving/app/routes.py"  # where what was removed is
 UPGRADE = "deploy it with `beamdeploy upgrade`"
 
 
 def diff(old: str, new: str) -> ModuleChanges:
     """Classify two snippets; line 1 is the first line after the opening quotes."""
-    return classify("app.routes", FILE, source(old), source(new))
+    return classify("app.routes", FILE, source(old), source(new), OLD_FILE)
 
 
 def source(text: str) -> str:
@@ -659,8 +660,8 @@ def test_removed_module_statement_is_refused_at_its_old_line():
         app = FastAPI()
     """
     assert refusals(diff(old, new)) == [
-        f"{FILE}:3: module-statement: the module-level statement `app.include_router(orders)`"
-        " (line 3 of the old source) was removed or changed; what it did when it ran stays"
+        f"{OLD_FILE}:3: module-statement: the module-level statement"
+        " `app.include_router(orders)` was removed or changed; what it did when it ran stays"
         f" done in running processes; {UPGRADE}"
     ]
 
@@ -694,7 +695,7 @@ def test_changed_constant_annotation_is_refused():
 def test_removed_constant_is_refused():
     changes = diff("A = 1\nB = 2\n", "A = 1\n")
     assert refusals(changes) == [
-        f"{FILE}:2: module-statement: constant `B` was removed; running code and live objects"
+        f"{OLD_FILE}:2: module-statement: constant `B` was removed; running code and live objects"
         f" may still use it; {UPGRADE}"
     ]
 
@@ -1075,7 +1076,41 @@ def test_removed_class_attribute_is_refused_at_its_old_line():
     """
     changes = diff(old, new)
     assert rules(changes) == [(3, "class-body")]
-    assert "(line 3 of the old source) was removed" in changes.refusals[0].why
+    assert changes.refusals[0].file == OLD_FILE, "line 3 is a line of the serving release's file"
+    assert "was removed or changed" in changes.refusals[0].why
+
+
+def test_removals_point_at_the_old_file_and_come_after_the_new_files_refusals():
+    old = """
+        import os
+
+
+        class Gone:
+            pass
+
+
+        LIMIT = 3
+        print("x")
+
+
+        def f():
+            return 1
+    """
+    new = """
+        def f():
+            return 2
+
+        import json
+    """
+    placed = [(r.file, r.line, r.rule) for r in diff(old, new).refusals]
+    assert placed == [
+        (FILE, 4, "import"),
+        (OLD_FILE, 1, "import"),
+        (OLD_FILE, 4, "module-statement"),
+        (OLD_FILE, 8, "module-statement"),
+        (OLD_FILE, 9, "module-statement"),
+    ]
+    assert classify("m", FILE, "X = 1\n", "\n").refusals[0].file == FILE, "no old file given"
 
 
 def test_nested_class_body_change_is_refused_with_its_qualname():
