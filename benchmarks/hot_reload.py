@@ -58,12 +58,7 @@ UPGRADE_STEPS = ("preflight", "boot", "promotion", "drain")
 # Every answer starts with its module's VERSION ("v1 users"), so that the load
 # counts which release answered. Sources are templates (__NAME__ and __PAGE__
 # are replaced), not f-strings, so that the app's braces read as in the release.
-#
-# No two modules' constants have the same value: the patcher refuses to rebind
-# a constant when another loaded module binds the very same object (it takes
-# that for `from m import NAME`), and CPython shares one object between equal
-# identifier-like strings and small ints, so `VERSION = "v1"` in two modules
-# is refused as "constant-imported" although neither imports the other.
+# Each module's VERSION names the module, so answers show which code served.
 
 MAIN_V1 = """
 from fastapi import FastAPI

@@ -67,6 +67,7 @@ _CAPTURING_CLASSES = frozenset(
         "fastapi.params.Depends",
     }
 )
+MAX_SOURCE = 5 * 1024 * 1024  # bytes of another module read to see what it imports
 _MAX_WRAPPERS = 64  # decorator chains longer than this are taken for a cycle
 _COMMIT_SWITCH_INTERVAL = 1.0  # seconds: far longer than a commit takes
 _PHASES = ("new", "constants", "code", "removed", "docstring")  # the order commit assigns in
@@ -493,14 +494,59 @@ def _holder_name(obj: Any) -> str:
 
 
 def _bound_elsewhere(module: ModuleType, name: str, value: Any) -> str | None:
-    """Another loaded module that binds `name` to the very same object, if any."""
+    """Another loaded module that imported `name` from `module`, if any.
+
+    Binding the very same object is the hint; the other module's source
+    saying ``from module import name`` (or ``*``) is the proof. Identity
+    alone is not: CPython shares equal small ints and short strings, so two
+    unrelated modules with ``VERSION = "v1"`` hold the same object.
+    """
     for other in list(sys.modules.values()):
         if other is module or not isinstance(other, ModuleType):
             continue
         namespace = _dict_of(other)  # a lazy module's own attribute hook would import it
-        if isinstance(namespace, dict) and namespace.get(name, _ABSENT) is value:
+        if not isinstance(namespace, dict) or namespace.get(name, _ABSENT) is not value:
+            continue
+        if _imports_name(namespace, module.__name__, name):
             return str(namespace.get("__name__"))
     return None
+
+
+def _imports_name(namespace: dict[str, Any], source_module: str, name: str) -> bool:
+    """Whether the module with this namespace says ``from source_module import name``.
+
+    Read from its file; a module without a readable source file is taken to
+    import it, as refusing is the safe side.
+    """
+    path = namespace.get("__file__")
+    if not isinstance(path, str) or not path.endswith(".py"):
+        return True
+    try:
+        with open(path, "rb") as source:
+            text = source.read(MAX_SOURCE + 1)
+        if len(text) > MAX_SOURCE:
+            return True
+        tree = ast.parse(text, filename=path)
+    except (OSError, SyntaxError, ValueError, RecursionError):
+        return True
+    package = str(namespace.get("__package__") or "")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if _absolute(node, package) != source_module:
+            continue
+        if any(alias.name in (name, "*") for alias in node.names):
+            return True
+    return False
+
+
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module an ``from ... import`` names, with a relative one resolved."""
+    if not node.level:
+        return node.module or ""
+    parts = package.split(".") if package else []
+    base = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+    return ".".join([*base, node.module] if node.module else base)
 
 
 class _ImportTimeReads(ast.NodeVisitor):

@@ -672,6 +672,22 @@ def test_a_constant_imported_by_another_module_is_refused(hot):
     assert rules(patch) == ["constant-imported"]
 
 
+def test_an_equal_constant_in_an_unrelated_module_is_no_import(hot):
+    """CPython shares equal short strings and small ints: the same object is no proof."""
+    module = hot.load('VERSION = "v1"\nPAGE = 3\n')
+    other = hot.load('VERSION = "v1"\nPAGE = 3\n')
+    assert other.VERSION is module.VERSION and other.PAGE is module.PAGE
+    patch = hot.prepare(module, 'VERSION = "v2"\nPAGE = 4\n', constants=["VERSION", "PAGE"])
+    assert rules(patch) == []
+
+
+def test_a_star_import_of_the_constant_is_refused(hot):
+    module = hot.load('VERSION = "v1"\n')
+    hot.load(f"from {module.__name__} import *\n")
+    patch = hot.prepare(module, 'VERSION = "v2"\n', constants=["VERSION"])
+    assert rules(patch) == ["constant-imported"]
+
+
 def test_an_unreferenced_removed_function_is_deleted(hot):
     module = hot.load(
         "def keep():\n    return 1\n\ndef gone():\n    return 2\n\nclass C:\n"
