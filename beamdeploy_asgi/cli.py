@@ -289,6 +289,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         if changes.get("docstring"):
             parts.append("docstring")
         lines.append(f"  {module['module']}: {', '.join(parts) or 'no code change'}")
+    more = plan.get("module_count", len(plan["modules"])) - len(plan["modules"])
+    if more > 0:
+        lines.append(f"  and {more} more modules")
     if not plan["modules"]:
         lines.append("  no module changes")
     return "\n".join(lines)

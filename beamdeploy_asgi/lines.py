@@ -55,10 +55,15 @@ class LineBuffer:
 def parse_object(line: bytes) -> dict[str, Any] | None:
     """The JSON object on `line`, or None for anything else."""
     try:
-        message = json.loads(line)
+        message = json.loads(line, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # RecursionError: absurd nesting
         return None
     return message if isinstance(message, dict) else None
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are no JSON: a record holding one could not be sent on."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -329,8 +329,8 @@ def _seconds(value: str | None, name: str) -> float | None:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds <= 300:
-        raise AdminError(400, f"query parameter {name!r} must be seconds, above 0 and at most 300")
+    if not 0 < seconds <= 60:
+        raise AdminError(400, f"query parameter {name!r} must be seconds, above 0 and at most 60")
     return seconds
 
 

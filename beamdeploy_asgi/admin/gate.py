@@ -22,6 +22,7 @@ from beamdeploy_asgi.protocol import TOKEN_ENV, simple_request
 
 PUBLIC = "/health"
 LOCAL = "/hot-reload"  # outside the arbiter: this process reloads itself
+MIN_LOCAL_TOKEN = 16  # as the arbiter demands
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="beamdeploy"'}
 TOKEN_SCOPE_KEY = "beamdeploy.token"  # the checked token, for the endpoints to pass on
 
@@ -96,13 +97,15 @@ class AdminGate:
     def _check_here(self, scope: dict[str, Any], path: str) -> tuple[Any, str | None]:
         """Outside the arbiter only a hot reload of this process exists, with
         BEAMDEPLOY_TOKEN checked here: there is no arbiter to ask."""
-        token = os.environ.get(TOKEN_ENV)
+        token = os.environ.get(TOKEN_ENV) or ""
         if path == PUBLIC:
             return None, None
-        if path != LOCAL or not token:
+        if path != LOCAL or len(token) < MIN_LOCAL_TOKEN:
             why = "this app is not running under beamdeploy, so there is nothing to deploy"
-            if token:
+            if len(token) >= MIN_LOCAL_TOKEN:
                 why += f" (only {LOCAL} works here, on this process)"
+            elif token:
+                why += f" (a token for {LOCAL} needs at least {MIN_LOCAL_TOKEN} characters)"
             return error_response(503, "not_enabled", why), None
         given = _bearer(scope)
         if given is not None and _same(given, token):

@@ -58,7 +58,7 @@ SUSPEND_TIMEOUT = {
     "name": "suspend_timeout",
     "in": "query",
     "required": False,
-    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+    "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 60},
     "description": "seconds the workers wait for running requests before the code changes "
     "(default 3)",
 }

@@ -113,6 +113,7 @@ class Generation:
     failure: str | None = None
     crash_streak: int = 0
     respawn_at: float = 0.0
+    ran: list[str] = field(default_factory=list)  # releases hot-reloaded away from, still in use
 
     def in_state(self, *states: WorkerState) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.state in states]

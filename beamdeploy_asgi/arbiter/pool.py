@@ -205,7 +205,13 @@ class WorkerPool:
                 worker.send({"cmd": Command.RELOAD, **message})
 
     def switch_release(self, generation: Generation, release: Release) -> None:
-        """After a hot reload the generation runs `release`; replacements start from it."""
+        """After a hot reload the generation runs `release`; replacements start from it.
+
+        Its workers still run the interpreter, and the modules that did not
+        change, of the release they started from: that one stays in use.
+        """
+        if generation.release.path:
+            generation.ran.append(generation.release.path)
         generation.release = release
 
     def retire_pids(self, generation: Generation, pids: set[int]) -> None:
@@ -216,7 +222,8 @@ class WorkerPool:
                 self.retire(worker)
 
     def releases_in_use(self) -> set[str]:
-        return {g.release.path for g in self.generations if g.release.path}
+        paths = {g.release.path for g in self.generations if g.release.path}
+        return paths.union(*(g.ran for g in self.generations))
 
     # -- the serving generation's size ----------------------------------------
 

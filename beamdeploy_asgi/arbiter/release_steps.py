@@ -26,6 +26,7 @@ from beamdeploy_asgi.releases.store import ReleaseStore
 
 PLAN_MODULE = "beamdeploy_asgi.reload.plan_task"
 PLAN_TIMEOUT = 120.0
+PLAN_OUTPUT = 4 * 1024 * 1024  # bytes: a plan is a line of at most 1 MiB, warnings aside
 
 
 class ReleaseSteps:
@@ -100,6 +101,8 @@ class ReleaseSteps:
             env=env,
             cwd="/",
             owner=worker_owner(self.cfg),
+            keep_messages=2,  # the result, or the error
+            max_output=PLAN_OUTPUT,
         )
 
     def open_to_workers(self, release: Release) -> str | None:

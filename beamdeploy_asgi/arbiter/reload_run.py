@@ -16,6 +16,7 @@ and hands it the pool's events.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import Logger
@@ -23,6 +24,7 @@ from typing import Any
 
 from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
 from beamdeploy_asgi.arbiter.generation import Generation
+from beamdeploy_asgi.arbiter.reload_plan import BadPlan, ReloadPlan, check_plan
 from beamdeploy_asgi.protocol import ReloadStep
 from beamdeploy_asgi.releases.release import Release
 
@@ -106,7 +108,7 @@ class ReloadRun:
         self.cause: str | None = None  # why it is being undone or aborted
         self.since: dict[str, float] = {}
         self.results: dict[str, dict[str, Any]] = {}  # per worker pid
-        self.plan: dict[str, Any] | None = None
+        self.plan: ReloadPlan | None = None
 
     # -- planning -----------------------------------------------------------------
 
@@ -116,23 +118,28 @@ class ReloadRun:
         self.since["plan"] = self.clock()
         self.steps.plan(old, self.release, self._planned)
 
-    def _planned(self, plan: dict[str, Any] | None, cause: str | None) -> None:
+    def _planned(self, data: dict[str, Any] | None, cause: str | None) -> None:
         if self.deployment.ended:
             return
         self._took("plan")
-        if plan is None:
+        if data is None:
             self.fail(f"hot reload planning failed: {cause}")
             return
+        try:
+            plan = check_plan(data, self.generation.release, self.release)
+        except BadPlan as exc:
+            self.fail(f"hot reload planning failed: the plan is malformed: {exc}")
+            return
         self.plan = plan
-        self.deployment.details["plan"] = plan
-        if plan["refused"]:
-            listed = "\n".join(plan["refusals"][:MAX_REPORTED])
+        self.deployment.details["plan"] = plan.summary
+        if plan.refused:
+            listed = "\n".join(plan.refusals[:MAX_REPORTED])
             self.fail(
-                f"hot reload refused ({plan['refused']} reasons); deploy it with "
+                f"hot reload refused ({plan.refused} reasons); deploy it with "
                 f"`beamdeploy upgrade`:\n{listed}"
             )
             return
-        summary = f"{len(plan['modules'])} modules, {plan['functions']} functions change"
+        summary = f"{len(plan.modules)} modules, {plan.functions} functions change"
         self.deployment.record(Phase.PLANNING, summary)
         if self.dry_run:
             self.finish(f"dry run: {summary}; nothing was applied")
@@ -143,18 +150,14 @@ class ReloadRun:
             return
         self.members = pids
         self.workers.hold_spawns = True
-        modules = [
-            {"module": m["module"], "old_file": m["old_file"], "new_file": m["new_file"]}
-            for m in plan["modules"]
-        ]
         self._send(
             ReloadStep.PREPARE,
             Phase.PREPARING,
             f"{len(pids)} workers compile and check the new code",
             PREPARE_LIMIT,
-            modules=modules,
-            old_paths=plan["old_paths"],
-            new_paths=plan["new_paths"],
+            modules=plan.modules,
+            old_paths=plan.old_paths,
+            new_paths=plan.new_paths,
         )
 
     # -- rounds -------------------------------------------------------------------
@@ -193,10 +196,6 @@ class ReloadRun:
         missing = current.missing()
         for pid in missing:
             current.answers[pid] = {"ok": False, "error": f"worker {pid} did not answer in time"}
-        if current.step in (ReloadStep.RESUME, ReloadStep.UNDO, ReloadStep.ABORT):
-            # It may run the other code: it goes, and is replaced from the release
-            # the generation runs now.
-            self.workers.retire_pids(self.generation, missing)
         self._check_round()
 
     def _check_round(self) -> None:
@@ -207,6 +206,12 @@ class ReloadRun:
         self._took(current.step.value)
         noes = current.noes()
         step = current.step
+        if step in (ReloadStep.RESUME, ReloadStep.UNDO, ReloadStep.ABORT):
+            # A worker that could not go back (or on) may run the other code, or
+            # hold its requests: it goes, and is replaced from the release the
+            # generation runs now.
+            failed = {pid for pid, answer in current.answers.items() if not answer.get("ok")}
+            self.workers.retire_pids(self.generation, failed)
         if step is ReloadStep.PREPARE:
             if noes:
                 self._back_out(ReloadStep.ABORT, "the workers refused the new code", noes)
@@ -304,6 +309,11 @@ def _items(value: Any) -> list[Any]:
 
 
 def _number(value: Any) -> float:
+    """A finite, non-negative number of a worker's answer; 0 for anything else."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0.0
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past a float's range
+        return 0.0
+    return number if math.isfinite(number) and 0 <= number < 1e12 else 0.0

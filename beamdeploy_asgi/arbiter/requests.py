@@ -17,7 +17,7 @@ from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
 
-MAX_SUSPEND = 300.0
+MAX_SUSPEND = 60.0
 
 
 class ControlRequests:
@@ -103,7 +103,9 @@ class ControlRequests:
             # Resolved once; the install and the removal use this path, which
             # can only name an entry of the uploads directory itself.
             path = os.path.realpath(path)
-            if Path(path).parent != Path(os.path.realpath(self.store.uploads_dir)):
+            if Path(path).parent != Path(os.path.realpath(self.store.uploads_dir)) or not (
+                os.path.isfile(path)
+            ):
                 conn.fail("bad_request", "only uploads may be removed after their install")
                 return
         if os.path.isfile(path):

@@ -39,14 +39,19 @@ class Task:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         owner: dict[str, Any] | None = None,
+        keep_messages: int = KEPT_MESSAGES,
+        max_output: int | None = None,
     ) -> None:
+        """`keep_messages` JSON lines are kept; past `max_output` bytes, the task is killed."""
         self.name = name
         self.argv = argv
         self.on_line = on_line
         self.on_exit = on_exit
         self.deadline = time.monotonic() + timeout
         self.selector = selector
-        self.lines: deque[dict[str, Any]] = deque(maxlen=KEPT_MESSAGES)
+        self.lines: deque[dict[str, Any]] = deque(maxlen=keep_messages)
+        self.max_output = max_output
+        self.output = 0
         self.text: deque[str] = deque(maxlen=KEPT_TEXT_LINES)
         self.reader = LineBuffer()
         self.failure: str | None = None  # why the arbiter stopped it, if it did
@@ -80,6 +85,12 @@ class Task:
         self._feed(chunk)
 
     def _feed(self, chunk: bytes) -> None:
+        self.output += len(chunk)
+        if self.max_output is not None and self.output > self.max_output:
+            self.failure = f"it printed more than {self.max_output >> 10} KiB"
+            self._close_output()
+            self.kill()
+            return
         try:
             lines = self.reader.feed(chunk)
         except LineTooLong as exc:

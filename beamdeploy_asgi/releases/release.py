@@ -24,6 +24,7 @@ from typing import Any
 from beamdeploy_asgi.errors import ReleaseError
 
 MANIFEST = "beamdeploy-release.json"
+MAX_MANIFEST = 1024 * 1024  # bytes: it names an app and a few paths
 DIGEST_FILE = ".artifact-sha256"  # written by the store when it installs an artifact
 APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?$")
 
@@ -63,7 +64,11 @@ class Release:
         if not manifest_path.is_file():
             raise ReleaseError(f"release {root} has no {MANIFEST}")
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            with manifest_path.open("rb") as file:
+                raw = file.read(MAX_MANIFEST + 1)
+            if len(raw) > MAX_MANIFEST:
+                raise ReleaseError(f"{manifest_path} is larger than {MAX_MANIFEST >> 10} KiB")
+            manifest = json.loads(raw.decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ReleaseError(f"{manifest_path} is not valid JSON: {exc}") from None
         if not isinstance(manifest, dict):

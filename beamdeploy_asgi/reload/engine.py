@@ -148,6 +148,9 @@ class Reload:
                     f"{patch.module}.{HOOK}({old_version!r}, {new_version!r}) raised "
                     f"{type(exc).__name__}: {exc}; every change was undone"
                 ) from exc
+            except BaseException:  # SystemExit and the like: undone, then on its way
+                self.undo()
+                raise
             ran.append(
                 {
                     "module": patch.module,

@@ -111,7 +111,10 @@ def build_server(runtime: WorkerRuntime) -> WorkerServer:
         config.load()
     except BaseException as exc:
         raise BootFailure.from_exception("import", f"could not load {app_spec}", exc) from None
-    runtime.gate = config.loaded_app = RequestGate(config.loaded_app, runtime.cfg.admin_prefix)
+    # The admin API in front of the app never reaches the gate; one the app
+    # mounted itself does, and passes it by its path.
+    mounted_prefix = runtime.cfg.admin_prefix if app_mounted_admin() else None
+    runtime.gate = config.loaded_app = RequestGate(config.loaded_app, mounted_prefix)
     config.loaded_app = ConnectionCloseWhenDraining(with_admin(config, runtime), runtime)
     return WorkerServer(config, runtime)
 

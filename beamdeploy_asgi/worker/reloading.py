@@ -47,19 +47,37 @@ class RequestGate:
             self.held += 1
             await self.opened.wait()
         self._enter()
+        counted = True  # in flight: until its response starts, but not while it awaits its body
         started = False
 
+        async def receiving() -> Any:
+            # A client sending its body slowly would otherwise hold every
+            # reload off; a handler waiting here runs no code.
+            nonlocal counted
+            if not counted:
+                return await receive()
+            counted = False
+            self._leave()
+            try:
+                return await receive()
+            finally:
+                if not started:
+                    counted = True
+                    self._enter()
+
         async def watching(message: Any) -> None:
-            nonlocal started
+            nonlocal started, counted
             if not started and message["type"] == "http.response.start":
                 started = True
-                self._leave()
+                if counted:
+                    counted = False
+                    self._leave()
             await send(message)
 
         try:
-            await self.app(scope, receive, watching)
+            await self.app(scope, receiving, watching)
         finally:
-            if not started:
+            if counted:
                 self._leave()
 
     def _admin(self, path: str) -> bool:
@@ -97,7 +115,7 @@ class ReloadSteps:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.reload: Reload | None = None
-        self.reload_id: Any = None
+        self.reload_id: Any = None  # the reload the prepared code belongs to
         self.shut_at: float | None = None
         self.release_before: dict[str, Any] | None = None
 
@@ -119,14 +137,16 @@ class ReloadSteps:
         if step == ReloadStep.SUSPEND:
             return await self._suspend(float(command.get("timeout", 3.0)))
         if step == ReloadStep.COMMIT:
+            if command.get("id") != self.reload_id:
+                return {"ok": False, "error": "nothing prepared for this reload"}
             return self._commit(command)
         if step == ReloadStep.RESUME:
-            self.reload, self.release_before = None, None  # done: nothing to undo any more
+            self.reload, self.release_before, self.reload_id = None, None, None  # done
             return self._resume()
         if step == ReloadStep.UNDO:
             return self._undo()
         if step == ReloadStep.ABORT:
-            self.reload = None
+            self.reload, self.reload_id = None, None  # a prepare still running is dropped
             self._resume()
             return {"ok": True}
         return {"ok": False, "error": f"unknown reload step {step!r}"}
@@ -142,12 +162,23 @@ class ReloadSteps:
             [str(p) for p in command.get("old_paths") or []],
             [str(p) for p in command.get("new_paths") or []],
         )
+        reload_id = self.reload_id = command.get("id")
         # Compiling and scanning take a while: off the loop, so requests go on.
         refusals = await asyncio.to_thread(reload.prepare)
+        if self.reload_id != reload_id:
+            return {"ok": False, "error": "this reload was aborted while it was prepared"}
         if refusals:
-            return {"ok": False, "refusals": [str(r) for r in refusals[:50]]}
+            return {"ok": False, "refusals": [str(r)[:1000] for r in refusals[:50]]}
         self.reload = reload
-        return {"ok": True, **reload.describe()}
+        patches = [
+            {
+                "module": p.module,
+                "skipped": p.skipped,
+                "function_objects": p.describe().get("function_objects", 0),
+            }
+            for p in reload.patches[:50]
+        ]
+        return {"ok": True, "patches": patches}
 
     async def _suspend(self, timeout: float) -> dict[str, Any]:
         gate = self.runtime.gate
@@ -194,11 +225,15 @@ class ReloadSteps:
         return {"ok": True, **held, "held_for": round(hold, 6)}
 
     def _undo(self) -> dict[str, Any]:
-        if self.reload is not None and self.reload.committed:
-            self.reload.undo()
-        if self.release_before is not None:
-            self.runtime.set_release(self.release_before)
-            os.environ[RELEASE_VERSION_ENV] = str(self.release_before.get("version"))
-            self.release_before = None
-        self.reload = None
-        return self._resume()
+        """Put the old code back; the gate opens whatever happens."""
+        try:
+            if self.reload is not None and self.reload.committed:
+                self.reload.undo()
+            if self.release_before is not None:
+                self.runtime.set_release(self.release_before)
+                os.environ[RELEASE_VERSION_ENV] = str(self.release_before.get("version"))
+                self.release_before = None
+        finally:
+            self.reload, self.reload_id = None, None
+            answer = self._resume()
+        return answer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -141,13 +142,18 @@ def test_only_uploads_may_be_removed_after_install(serve, releases, tmp_path):
     nested = server.state_dir / "uploads" / "sub"
     nested.mkdir()
     (nested / "x.tar.gz").write_bytes(b"x")
-    for path in (victim, nested / "x.tar.gz"):
-        request = {"op": "upgrade", "release": str(path), "remove_after": True}
-        (reply,) = raw_exchange(
-            server.state_dir / "control.sock", json.dumps(request).encode() + b"\n"
-        )
-        assert reply["error"]["code"] == "bad_request"
+    # A release directory the workers' user made in the uploads dir is no upload.
+    planted = server.state_dir / "uploads" / "planted"
+    shutil.copytree(releases["v2"], planted, symlinks=True)
+    for op in ("upgrade", "hot_reload"):
+        for path in (victim, nested / "x.tar.gz", planted):
+            request = {"op": op, "release": str(path), "remove_after": True}
+            (reply,) = raw_exchange(
+                server.state_dir / "control.sock", json.dumps(request).encode() + b"\n"
+            )
+            assert reply["error"]["code"] == "bad_request", (op, path)
     assert victim.read_bytes() == b"not yours"
+    assert server.status()["deployments"][0]["kind"] == "boot", "nothing was deployed"
 
 
 def test_missing_release_paths_say_they_do_not_exist(serve, releases, tmp_path):

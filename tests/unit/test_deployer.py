@@ -652,7 +652,42 @@ def test_a_dry_run_plans_and_stops(rig):
     rig.steps.plans[0](PLAN, None)
     assert deployment.outcome == "succeeded" and rig.pool.sent == []
     assert deployment.events[-1]["message"].startswith("dry run: 1 modules, 2 functions change")
-    assert deployment.details["plan"] is PLAN and serving.release.version == "1.0"
+    kept = deployment.details["plan"]
+    assert kept["module_count"] == 1 and kept["modules"][0]["module"] == "main"
+    assert serving.release.version == "1.0"
+
+
+@pytest.mark.parametrize(
+    ("plan", "why"),
+    [
+        ({}, "'modules' is not a list"),
+        ({**PLAN, "refused": "0"}, "'refused' is not a count"),
+        ({**PLAN, "new_paths": ["/etc"]}, "'/etc' in 'new_paths' lies outside release /r/1.1"),
+        (
+            {**PLAN, "modules": [{"module": "m", "old_file": None, "new_file": "/r/1.1/../x"}]},
+            "is not an absolute path without '..'",
+        ),
+        ({**PLAN, "old_paths": [], "new_paths": ["/r/1.1/app"]}, "differ in length"),
+        ({**PLAN, "modules": [{"module": "m"}] * 5001}, "more than 5000 entries"),
+    ],
+)
+def test_a_malformed_plan_fails_the_reload_not_the_arbiter(rig, plan, why):
+    """The plan comes from a process running the serving release's code."""
+    deployment, _ = hot_reload(rig)
+    rig.steps.plans[0](plan, None)
+    assert deployment.outcome == "failed" and rig.pool.sent == []
+    assert deployment.error.startswith("hot reload planning failed: the plan is malformed: ")
+    assert why in deployment.error
+
+
+def test_hostile_numbers_in_a_worker_answer_are_kept_as_zero(rig):
+    deployment, serving = hot_reload(rig)
+    rig.steps.plans[0](PLAN, None)
+    huge = {"patches": [{"module": "main", "function_objects": 10**400}]}
+    rig.pool.answer(serving, w101=huge, w102={"patches": [{"function_objects": float("inf")}]})
+    assert deployment.details["workers"]["101"]["prepare"]["function_objects"] == 0.0
+    assert deployment.details["workers"]["102"]["prepare"]["function_objects"] == 0.0
+    assert deployment.phase is Phase.SUSPENDING
 
 
 def test_a_failed_plan_or_unready_workers_fail_before_any_step(rig):
@@ -739,3 +774,14 @@ def test_late_or_stray_answers_change_nothing(rig):
     assert deployment.phase is Phase.PREPARING
     rig.pool.answer(serving, w101={}, w102={})
     assert deployment.phase is Phase.SUSPENDING
+
+
+def test_a_worker_that_cannot_undo_is_replaced(rig):
+    deployment, serving = hot_reload(rig)
+    rig.steps.plans[0](PLAN, None)
+    rig.pool.answer(serving, w101={}, w102={})
+    rig.pool.answer(serving, w101={}, w102={})
+    rig.pool.answer(serving, w101={}, w102={"ok": False, "error": "hook raised"})
+    rig.pool.answer(serving, w101={"ok": False, "error": "RuntimeError: cannot"}, w102={})
+    assert deployment.outcome == "failed"
+    assert rig.pool.retired == {101}, "it may run the new code, or hold its requests"

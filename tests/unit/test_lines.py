@@ -52,3 +52,9 @@ def test_encode_parse_round_trip():
     encoded = encode(message)
     assert encoded.endswith(b"\n") and b"\n" not in encoded[:-1]
     assert parse_object(encoded[:-1]) == message
+
+
+def test_nan_and_infinity_are_no_json():
+    """A record holding one could not be sent on (JSON responses refuse them)."""
+    assert parse_object(b'{"x": NaN}') is None
+    assert parse_object(b'{"x": -Infinity}') is None

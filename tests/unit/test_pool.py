@@ -333,3 +333,12 @@ def test_hot_reload_members_commands_and_answers(rig):
 
 def test_a_reaped_pid_that_is_no_worker_is_not_ours(rig):
     assert rig.pool.exited(os.getpid(), 0) is False
+
+
+def test_a_hot_reloaded_generation_keeps_the_release_it_started_from_in_use(rig):
+    first = Release(name="demo", version="1.0", app="main:app", python="/x", path="/r/1.0")
+    then = Release(name="demo", version="1.1", app="main:app", python="/x", path="/r/1.1")
+    serving = rig.pool.create(first)
+    rig.pool.switch_release(serving, then)
+    assert serving.release is then
+    assert rig.pool.releases_in_use() == {"/r/1.0", "/r/1.1"}, "its interpreter is still 1.0's"

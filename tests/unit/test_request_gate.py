@@ -101,3 +101,39 @@ def test_streams_websockets_and_admin_routes_do_not_keep_a_reload_waiting():
         await asyncio.gather(stream, socket, admin, lookalike)
 
     run(test)
+
+
+def test_a_request_waiting_for_its_body_does_not_keep_a_reload_waiting():
+    """A client sending its body a byte at a time must not veto every reload."""
+
+    async def test() -> None:
+        body = asyncio.Event()
+        ran: list[str] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            ran.append("before body")
+            await receive()
+            ran.append("after body")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def receive() -> Any:
+            await body.wait()
+            return {"type": "http.request", "body": b"x", "more_body": False}
+
+        gate = RequestGate(app, None)
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        slow = asyncio.ensure_future(gate({"type": "http", "path": "/upload"}, receive, send))
+        await until(lambda: ran == ["before body"])
+        assert gate.in_flight == 0, "waiting for its body, it runs no code"
+        assert await gate.shut(0.05) is True
+        body.set()
+        await until(lambda: ran == ["before body", "after body"])
+        assert gate.in_flight == 0 and sent[0]["status"] == 200
+        gate.open()
+        await slow
+
+    run(test)
