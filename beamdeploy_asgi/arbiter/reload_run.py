@@ -109,6 +109,7 @@ class ReloadRun:
         self.since: dict[str, float] = {}
         self.results: dict[str, dict[str, Any]] = {}  # per worker pid
         self.plan: ReloadPlan | None = None
+        self.broken = False
 
     # -- planning -----------------------------------------------------------------
 
@@ -199,6 +200,24 @@ class ReloadRun:
         self._check_round()
 
     def _check_round(self) -> None:
+        """Go on once every worker answered; a fault here fails the reload, not the arbiter."""
+        try:
+            self._advance()
+        except Exception as exc:
+            self._broke(exc)
+
+    def _broke(self, exc: Exception) -> None:
+        self.log.exception("deployment %s: the hot reload broke", self.deployment.id)
+        self.round = None
+        self.workers.hold_spawns = False
+        what = f"an internal error ({type(exc).__name__}: {exc})"
+        if self.members and not self.broken:
+            self.broken = True  # every worker goes back to the old code, and resumes
+            self._back_out(ReloadStep.UNDO, what, [])
+        else:
+            self.fail(f"hot reload failed: {what}")
+
+    def _advance(self) -> None:
         current = self.round
         if current is None or not current.complete:
             return

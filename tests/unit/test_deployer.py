@@ -785,3 +785,21 @@ def test_a_worker_that_cannot_undo_is_replaced(rig):
     rig.pool.answer(serving, w101={"ok": False, "error": "RuntimeError: cannot"}, w102={})
     assert deployment.outcome == "failed"
     assert rig.pool.retired == {101}, "it may run the new code, or hold its requests"
+
+
+def test_a_fault_in_the_arbiter_while_reloading_undoes_the_workers_not_the_arbiter(rig):
+    deployment, serving = hot_reload(rig)
+    rig.steps.plans[0](PLAN, None)
+    rig.pool.answer(serving, w101={}, w102={})
+    rig.pool.answer(serving, w101={}, w102={})
+
+    def broken_switch(generation: Generation, rel: Release) -> None:
+        raise RuntimeError("a bug")
+
+    rig.pool.switch_release = broken_switch  # type: ignore[method-assign]
+    rig.pool.answer(serving, w101={}, w102={})
+    assert deployment.phase is Phase.UNDOING and rig.pool.steps_sent()[-1] == "undo"
+    assert not rig.pool.hold_spawns
+    rig.pool.answer(serving, w101={}, w102={})
+    assert deployment.outcome == "failed"
+    assert "an internal error (RuntimeError: a bug)" in deployment.error
