@@ -1,82 +1,122 @@
-"""The README's demo command, run for real on a copy of example_app/."""
+"""The README's demo command, run for real on a copy of example_app/.
+
+What the page does in a browser is tests/browser/test_demo.py; this is the
+rest: start.sh serves, the token it makes is the arbiter's alone, the demo
+builds itself and the admin API deploys the build, and a restart resumes.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import time
+import json
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
-from tests.support.server import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.browser.demo_process import DemoProcess
 
 
-def test_start_sh_serves_the_demo_and_deploy_sh_swaps_it(tmp_path: Path):
-    demo = tmp_path / "example_app"
-    shutil.copytree(
-        REPO / "example_app", demo, ignore=shutil.ignore_patterns(".venv", "dist", ".beam*")
-    )
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "BEAMDEPLOY_SOURCE": str(REPO)}
-    log = open(tmp_path / "demo.log", "wb")
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            ["./start.sh"],
-            cwd=demo,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    proc = start()
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[DemoProcess]:
+    process = DemoProcess(tmp_path)
     try:
-        page = wait_for_page(port, proc)
-        assert page is not None, (tmp_path / "demo.log").read_text()
-        assert "Release 1.0.0" in page.text
-        assert "generation <b>1</b>" in page.text
-        assert "worker pid <b>" in page.text
-
-        deployed = subprocess.run(
-            ["./deploy.sh", "1.1.0"],
-            cwd=demo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        assert "done" in deployed.stdout
-        page = httpx.get(f"http://127.0.0.1:{port}/")
-        assert "Release 1.1.0" in page.text and "generation <b>2</b>" in page.text
-
-        # Restarted, the demo boots what was deployed last.
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
-        proc = start()
-        page = wait_for_page(port, proc)
-        assert "Release 1.1.0" in page.text and "generation <b>1</b>" in page.text
+        yield process
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        process.stop()
+        print(f"--- {process.log_path} (last 80 lines) ---")
+        print("\n".join(process.log().splitlines()[-80:]))
 
 
-def wait_for_page(port: int, proc: subprocess.Popen) -> httpx.Response | None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/")
-        except httpx.TransportError:
-            time.sleep(0.5)
-    return None
+def test_start_sh_serves_the_demo_which_builds_itself_and_resumes_after_a_restart(
+    demo: DemoProcess,
+) -> None:
+    url = demo.start()
+    token = demo.token
+    token_file = demo.dir / ".demo" / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert len(token) >= 16 and url == f"{demo.base}/#token={token}"
+
+    page = httpx.get(demo.base + "/")
+    assert page.status_code == 200 and "<title>BeamDeploy demo</title>" in page.text
+    assert token not in page.text
+    assert httpx.get(demo.base + "/static/demo.js").status_code == 200
+    first = who(demo)
+    assert (first["version"], first["generation"], first["label"], first["greeting"]) == (
+        "1.0.0",
+        "1",
+        "blue",
+        "Hello",
+    )
+
+    # The token works for the admin API; the workers never had it.
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(demo.base + "/_deploy/status").status_code == 401
+    status = httpx.get(demo.base + "/_deploy/status", headers=auth).json()
+    pids = [worker["pid"] for worker in status["serving"]["workers"]]
+    assert len(pids) == 2 and first["pid"] in pids
+    for pid in pids:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not any(line.startswith(b"BEAMDEPLOY_TOKEN=") for line in environment)
+        assert token.encode() not in b"\0".join(environment)
+
+    # The build endpoint takes a JSON body naming one of its variants, and nothing else.
+    builds = demo.base + "/api/builds"
+    assert httpx.post(builds, content=b"kind=ship").status_code == 415
+    assert httpx.post(builds, json={"kind": "ship", "label": "red"}).status_code == 400
+    assert httpx.post(builds, json={"kind": "rm -rf"}).status_code == 400
+
+    built = build(demo, {"kind": "ship", "label": "orange"})
+    assert built == {
+        "kind": "ship",
+        "version": "1.1.0",
+        "artifact": "demo-1.1.0.tar.gz",
+        "label": "orange",
+        "greeting": "Hello",
+    }
+    assert (demo.dir / ".demo" / "builds" / "demo-1.1.0.tar.gz").is_file()
+    # A build alone deploys nothing; without the token the admin API deploys nothing either.
+    assert who(demo)["version"] == "1.0.0"
+    release = {"release": built["artifact"]}
+    assert httpx.post(demo.base + "/_deploy/upgrade", json=release).status_code == 401
+    done = httpx.post(
+        demo.base + "/_deploy/upgrade?wait=true", json=release, headers=auth, timeout=180
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["outcome"] == "succeeded"
+    assert who(demo)["label"] == "orange"
+
+    # Restarted, the demo boots what was deployed last, with the same token.
+    demo.stop()
+    assert demo.start() == url
+    assert demo.token == token
+    now = who(demo)
+    assert (now["version"], now["label"], now["generation"]) == ("1.1.0", "orange", "1")
+    assert demo.log().count("building the wheel of demo 1.0.0") == 1
+    status = httpx.get(demo.base + "/_deploy/status", headers=auth).json()
+    assert status["serving"]["release"]["version"] == "1.1.0"
+    # The next build gets the next version.
+    assert build(demo, {"kind": "hot"})["version"] == "1.2.0"
+
+
+def who(demo: DemoProcess) -> dict[str, Any]:
+    answer = httpx.get(demo.base + "/api/whoami")
+    assert answer.status_code == 200
+    me: dict[str, Any] = answer.json()
+    return me
+
+
+def build(demo: DemoProcess, body: dict[str, str]) -> dict[str, Any]:
+    """POST /api/builds, read to its end: the build's output lines, then its result."""
+    lines: list[dict[str, Any]] = []
+    with httpx.stream("POST", demo.base + "/api/builds", json=body, timeout=180) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line:
+                lines.append(json.loads(line))
+    assert lines and "done" in lines[-1], lines
+    assert any("built " in message.get("line", "") for message in lines[:-1]), lines
+    done: dict[str, Any] = lines[-1]["done"]
+    return done
