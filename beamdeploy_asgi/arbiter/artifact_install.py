@@ -88,7 +88,7 @@ class ArtifactInstall:
         command = self.commands.pop(0)
         assert self.staging is not None
         who = f"uid {self.cfg.uid}" if self.owner else "the arbiter's user"
-        self.progress(f"running {os.path.basename(command[0])} {command[1]} as {who}")
+        self.progress(f"running {describe_command(command)} as {who}")
         self._task(
             "installer",
             command,
@@ -174,6 +174,16 @@ class ArtifactInstall:
             could_not_start=could_not_start,
             **kw,
         )
+
+
+def describe_command(command: list[str]) -> str:
+    """`uv venv`, `uv pip`, `python -m pip`, `python -m compileall`: what runs, in short."""
+    words = [os.path.basename(command[0])]
+    if "-m" in command:
+        words += ["-m", command[command.index("-m") + 1]]
+    else:
+        words.append(command[1])
+    return " ".join(words)
 
 
 def died(task: Task, what: str) -> str:
