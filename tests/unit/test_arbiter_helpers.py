@@ -92,3 +92,12 @@ def test_rollback_to_a_version_skips_failed_releases(paths):
         arbiter.rollback_target("1.2")
     with pytest.raises(LookupError, match="no kept release has version '9.9'"):
         arbiter.rollback_target("9.9")
+
+
+def test_install_progress_names_the_command_that_runs():
+    from beamdeploy_asgi.arbiter.artifact_install import describe_command
+
+    assert describe_command(["/usr/bin/uv", "venv", "--quiet", "/s/venv"]) == "uv venv"
+    assert describe_command(["/s/venv/bin/python", "-m", "pip", "install"]) == "python -m pip"
+    compile_ = ["/s/venv/bin/python", "-I", "-S", "-m", "compileall", "-q", "/s/venv/lib"]
+    assert describe_command(compile_) == "python -m compileall"
