@@ -319,7 +319,7 @@ def follow_deployment(client: ControlClient, request: dict, options: argparse.Na
     if options.no_wait or result.get("outcome") == "succeeded":
         return 0
     if not options.json:
-        print(f"{request['op']} failed: {result.get('error')}", file=sys.stderr)
+        print(f"{options.command} failed: {result.get('error')}", file=sys.stderr)
     return 1
 
 
@@ -410,6 +410,8 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
         lines.append("recent deployments:")
         for past in status["deployments"][:5]:
             outcome = past["outcome"] or past["phase"]
+            if past.get("dry_run"):
+                outcome += " (dry run)"
             error = (past.get("error") or "").splitlines()
             lines.append(
                 f"  {past['id']}  {past['kind']:<8} {release_label(past.get('to')):<15} "

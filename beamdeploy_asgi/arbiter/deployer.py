@@ -453,9 +453,12 @@ class Deployer:
         if outcome == "succeeded":
             message = message or f"{deployment.target} serves"
             self.log.info("deployment %s: done, %s", deployment.id, message)
-            if deployment.from_release is not None and deployment.release is not None:
-                if deployment.from_release.path != deployment.release.path:
-                    self.previous_release = deployment.from_release.path
+            serving = self.workers.serving
+            before = deployment.from_release
+            # What served before stays for a rollback (not after a dry run).
+            if serving is not None and serving.release is deployment.release and before:
+                if before.path != serving.release.path:
+                    self.previous_release = before.path
             deployment.finish(outcome, message)
         else:
             error = deployment.error or "failed"

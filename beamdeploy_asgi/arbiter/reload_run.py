@@ -143,6 +143,7 @@ class ReloadRun:
         summary = f"{len(plan.modules)} modules, {plan.functions} functions change"
         self.deployment.record(Phase.PLANNING, summary)
         if self.dry_run:
+            self.deployment.details["dry_run"] = True
             self.finish(f"dry run: {summary}; nothing was applied")
             return
         pids, problem = self.workers.reload_members(self.generation)

@@ -654,6 +654,8 @@ def test_a_dry_run_plans_and_stops(rig):
     assert deployment.events[-1]["message"].startswith("dry run: 1 modules, 2 functions change")
     kept = deployment.details["plan"]
     assert kept["module_count"] == 1 and kept["modules"][0]["module"] == "main"
+    assert deployment.details["dry_run"] is True
+    assert rig.deployer.previous_release is None, "nothing moved: nothing to roll back to"
     assert serving.release.version == "1.0"
 
 
