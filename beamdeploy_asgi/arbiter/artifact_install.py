@@ -194,7 +194,10 @@ def died(task: Task, what: str) -> str:
     how = f"exited with code {task.returncode}" if task.returncode is not None else "died"
     if not tail:
         return f"{what} {how}"
-    last = tail.splitlines()[-1].strip()
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    # uv and pip say what went wrong on a line of its own; the last line is often a hint.
+    errors = [line for line in lines if line.lower().startswith(("error:", "error "))]
+    last = errors[0] if errors else lines[-1]
     if "No space left on device" in tail:
         last = "no space left on device"
     return f"{what} {how}: {last}\n{tail}"

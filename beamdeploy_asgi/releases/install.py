@@ -272,8 +272,13 @@ def find_python(version: str, chosen: str | None = None) -> str:
     if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
         return sys.executable
     found = shutil.which(f"python{version}")
+    lacking = f"the release was built for Python {version}, which this host lacks"
     if found is None:
-        raise ReleaseError(f"the release was built for Python {version}, which this host lacks")
+        raise ReleaseError(lacking)
+    try:  # a pyenv shim, say, is on PATH for versions it does not have
+        _check_python(found, version)
+    except ReleaseError:
+        raise ReleaseError(f"{lacking} ({found} is on PATH, but does not run)") from None
     return found
 
 
@@ -290,7 +295,8 @@ def _check_python(python: str, version: str) -> str:
         raise ReleaseError(f"--release-python {python} does not run: {exc}") from None
     found = done.stdout.strip()
     if done.returncode != 0 or not found:
-        raise ReleaseError(f"--release-python {python} does not run: {done.stderr.strip()}")
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ReleaseError(f"--release-python {python} does not run: {why}")
     if found != version:
         raise ReleaseError(
             f"the release was built for Python {version}, "

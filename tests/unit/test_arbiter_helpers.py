@@ -101,3 +101,27 @@ def test_install_progress_names_the_command_that_runs():
     assert describe_command(["/s/venv/bin/python", "-m", "pip", "install"]) == "python -m pip"
     compile_ = ["/s/venv/bin/python", "-I", "-S", "-m", "compileall", "-q", "/s/venv/lib"]
     assert describe_command(compile_) == "python -m compileall"
+
+
+def test_an_interpreter_on_path_that_does_not_run_is_lacking(tmp_path, monkeypatch):
+    """pyenv puts shims on PATH for versions it does not have."""
+    from beamdeploy_asgi.errors import ReleaseError
+    from beamdeploy_asgi.releases.install import find_python
+
+    shim = tmp_path / "python3.99"
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.99: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ReleaseError, match=r"built for Python 3.99, which this host lacks \("):
+        find_python("3.99")
+
+
+def test_a_failed_install_is_headed_by_the_installers_error_line():
+    from types import SimpleNamespace
+
+    from beamdeploy_asgi.arbiter.artifact_install import died
+
+    output = "Using CPython 3.13\nerror: No interpreter found for Python 3.13\nhint: try uv python"
+    task = SimpleNamespace(failure=None, returncode=2, output_tail=lambda: output)
+    headline = died(task, "uv venv").splitlines()[0]  # type: ignore[arg-type]
+    assert headline == "uv venv exited with code 2: error: No interpreter found for Python 3.13"
