@@ -84,15 +84,7 @@ class AdminGate:
         runtime.log.warning(
             "admin: refused %s %s from %s (%s)", scope.get("method"), path, client, why
         )
-        return (
-            error_response(
-                401,
-                "unauthorized",
-                "send the admin token as 'Authorization: Bearer <token>'",
-                headers=CHALLENGE,
-            ),
-            None,
-        )
+        return _unauthorized(), None
 
     def _check_here(self, scope: dict[str, Any], path: str) -> tuple[Any, str | None]:
         """Outside the arbiter only a hot reload of this process exists, with
@@ -110,15 +102,16 @@ class AdminGate:
         given = _bearer(scope)
         if given is not None and _same(given, token):
             return None, given
-        return (
-            error_response(
-                401,
-                "unauthorized",
-                "send the admin token as 'Authorization: Bearer <token>'",
-                headers=CHALLENGE,
-            ),
-            None,
-        )
+        return _unauthorized(), None
+
+
+def _unauthorized() -> Any:
+    return error_response(
+        401,
+        "unauthorized",
+        "send the admin token as 'Authorization: Bearer <token>'",
+        headers=CHALLENGE,
+    )
 
 
 def _same(given: str, token: str) -> bool:
