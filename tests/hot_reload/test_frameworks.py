@@ -38,7 +38,8 @@ def settings():
 @app.get("/")
 async def home({home_params}s: dict = Depends(settings)):
     HITS["n"] += 1
-    return {{"version": "{version}", "greeting": s["greeting"], "hits": HITS["n"]}}
+    answer = {{"version": "{version}", "greeting": s["greeting"], "hits": HITS["n"]}}
+    return {{**answer, "pid": os.getpid()}}
 
 
 @app.post("/items")
@@ -67,14 +68,14 @@ def fastapi_releases(release_factory, tmp_path_factory):
 def test_fastapi_endpoint_body_applied_parameter_and_model_field_refused(serve, fastapi_releases):
     server = serve("--workers", "2", "--release", str(fastapi_releases["1"]))
     pids = sorted(server.serving_pids())
-    for _ in range(4):
-        httpx.get(server.url, headers={"Connection": "close"})
+    before = answers_from_each(server.url, pids)
 
     done = beamdeploy_asgi.hot_reload(fastapi_releases["2"], state_dir=server.state_dir)
     assert done["outcome"] == "succeeded"
-    answer = httpx.get(server.url).json()
-    assert answer["version"] == "2" and answer["greeting"] == "hello"
-    assert answer["hits"] > 1, "the module's state was kept"
+    after = answers_from_each(server.url, pids)
+    for pid in pids:
+        assert after[pid]["version"] == "2" and after[pid]["greeting"] == "hello"
+        assert after[pid]["hits"] > before[pid]["hits"], "the module's state was kept"
     assert sorted(server.serving_pids()) == pids
     assert httpx.post(server.url + "/items", json={"name": "x"}).json() == {"name": "x"}
 
@@ -164,6 +165,17 @@ def test_plain_uvicorn_with_the_admin_app_reloads_itself(release_factory, tmp_pa
         proc.wait(30)
         log.close()
         print((tmp_path / "uvicorn.log").read_text()[-3000:])
+
+
+def answers_from_each(url: str, pids: list[int]) -> dict[int, dict]:
+    """The app's answer from every worker: new connections until each has answered."""
+    seen: dict[int, dict] = {}
+    for _ in range(500):
+        answer = httpx.get(url, headers={"Connection": "close"}).json()
+        seen[answer["pid"]] = answer
+        if sorted(seen) == pids:
+            return seen
+    raise AssertionError(f"only workers {sorted(seen)} of {pids} answered")
 
 
 def wait_up(url: str, proc: subprocess.Popen) -> None:
