@@ -49,12 +49,15 @@ class Event(str, enum.Enum):
     """What a worker tells its arbiter: ``{"event": EVENT, ...}``."""
 
     IMPORTED = "imported"  # the app imported, from inside its release (protocol 1, optional)
-    READY = "ready"  # booted and checked; fields: protocol, app_file, hot_reload (its version)
+    READY = "ready"  # booted and checked; fields: protocol, app_file, hot_reload, deploy
     SERVING = "serving"  # accepting connections
     DRAINING = "draining"  # stopped accepting
     FAILED = "failed"  # could not boot; fields: phase, error, traceback
     ADMIN = "admin"  # an admin request to act on; fields: id, token, request
     RELOAD = "reload"  # a hot reload step's answer; fields: id, step, ok, then what it did
+    PAUSED = "paused"  # no longer accepting, still booted (deploy 1)
+    RESUMED = "resumed"  # accepting again after a pause (deploy 1)
+    RESPONSES = "responses"  # cumulative public responses by class: 1xx .. 5xx (deploy 1)
 
 
 class Command(str, enum.Enum):
@@ -63,9 +66,14 @@ class Command(str, enum.Enum):
     SERVE = "serve"  # start accepting
     ADMIN = "admin"  # a reply to an admin request; fields: id, then event, result or error
     RELOAD = "reload"  # a hot reload step; fields: id, step, then what the step needs
+    PAUSE = "pause"  # stop accepting, finish connections as in a drain, stay booted
+    RESUME = "resume"  # accept again after a pause
 
 
 HOT_RELOAD_VERSION = 1  # the reload steps a worker understands; READY says it
+# PAUSE/RESUME, RESPONSES and the private listener; READY says it as `deploy`
+DEPLOY_VERSION = 1
+RESPONSE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")  # the fields of RESPONSES
 
 
 class ReloadStep(str, enum.Enum):
@@ -98,6 +106,9 @@ class WorkerSpec:
     heartbeat_fd: int
     channel_fd: int
     admin: bool = False  # whether an admin token is set (the token stays in the arbiter)
+    # A loopback listener served from READY on, before SERVE: smoke checks reach the
+    # generation there before any user does.
+    private_listener: int | None = None
     protocol: int = PROTOCOL_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # from a newer arbiter
 

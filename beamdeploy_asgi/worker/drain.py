@@ -15,20 +15,25 @@ class ConnectionCloseWhenDraining:
 
     The client then closes the connection itself after reading the response,
     instead of sending its next request on a socket we are about to close.
+    With `when_paused` (the public listeners' app) this holds during a pause
+    too: the client's next connection goes to a worker that accepts.
     """
 
-    def __init__(self, app: Any, runtime: Any) -> None:
+    def __init__(self, app: Any, runtime: Any, *, when_paused: bool = False) -> None:
         self.app = app
         self.runtime = runtime
+        self.when_paused = when_paused
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         runtime = self.runtime
+        when_paused = self.when_paused
 
         async def send_closing(message: Any) -> None:
-            if message["type"] == "http.response.start" and runtime.draining:
+            closing = runtime.draining or (when_paused and runtime.paused)
+            if message["type"] == "http.response.start" and closing:
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
                 message = {**message, "headers": [*headers, CLOSE]}
             await send(message)

@@ -37,6 +37,7 @@ from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.drain import ConnectionCloseWhenDraining
 from beamdeploy_asgi.worker.failure import BootFailure, StoppedBeforeServing
 from beamdeploy_asgi.worker.reloading import RequestGate
+from beamdeploy_asgi.worker.response_counts import ResponseCounts
 from beamdeploy_asgi.worker.runtime import WorkerRuntime
 from beamdeploy_asgi.worker.server import WorkerServer
 
@@ -115,8 +116,14 @@ def build_server(runtime: WorkerRuntime) -> WorkerServer:
     # mounted itself does, and passes it by its path.
     mounted_prefix = runtime.cfg.admin_prefix if app_mounted_admin() else None
     runtime.gate = config.loaded_app = RequestGate(config.loaded_app, mounted_prefix)
-    config.loaded_app = ConnectionCloseWhenDraining(with_admin(config, runtime), runtime)
-    return WorkerServer(config, runtime)
+    app = with_admin(config, runtime)
+    # The private listener and the health check use the app uncounted; the
+    # public listeners count its responses and close connections on a pause.
+    private_app = ConnectionCloseWhenDraining(app, runtime)
+    public_app = ConnectionCloseWhenDraining(app, runtime, when_paused=True)
+    runtime.responses = ResponseCounts(public_app, runtime.cfg.admin_prefix)
+    config.loaded_app = runtime.responses
+    return WorkerServer(config, runtime, private_app)
 
 
 def app_origin(app_spec: str, release_path: str | None) -> str | None:

@@ -17,6 +17,7 @@ from beamdeploy_asgi.version import __version__
 from beamdeploy_asgi.worker.arbiter_requests import ArbiterRequests
 from beamdeploy_asgi.worker.channel import Channel
 from beamdeploy_asgi.worker.reloading import ReloadSteps
+from beamdeploy_asgi.worker.response_counts import ResponseCounts
 
 
 class WorkerRuntime:
@@ -34,6 +35,8 @@ class WorkerRuntime:
             f"{self.release['version']}) worker {self.pid}"
         )
         self.draining = False
+        self.paused = False  # told to stop accepting, still booted
+        self.responses: ResponseCounts | None = None  # on the public listeners
         self.cfg: Any = None
         self.log: Any = None
         self.heartbeat_task: asyncio.Task[None] | None = None
