@@ -298,6 +298,9 @@ class Deployer:
         if self.reload is not None and generation is self.reload.generation:
             self.reload.exited(pid)
 
+    def worker_responses(self, generation: Generation) -> None:
+        """The bake window reads them."""
+
     def worker_imported(self, generation: Generation) -> None:
         deployment = self.current
         if deployment is not None and generation is deployment.target:

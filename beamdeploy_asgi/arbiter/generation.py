@@ -52,6 +52,9 @@ class WorkerProcess:
     failure: str | None = None
     app_file: str | None = None
     hot_reload: int = 0  # the reload steps' version its beamdeploy-asgi speaks; 0: none
+    deploy: int = 0  # pause, resume, response counts, private listener: DEPLOY_VERSION; 0: none
+    paused: bool = False  # it said it stopped accepting, still booted
+    responses: dict[str, int] = field(default_factory=dict)  # its last counts, by class
     reader: LineBuffer = field(default_factory=LineBuffer)
     outbox: bytearray = field(default_factory=bytearray)
     selector: selectors.BaseSelector | None = None
@@ -114,6 +117,8 @@ class Generation:
     crash_streak: int = 0
     respawn_at: float = 0.0
     ran: list[str] = field(default_factory=list)  # releases hot-reloaded away from, still in use
+    private_listener: socket.socket | None = None  # loopback, served from READY on
+    exited_responses: dict[str, int] = field(default_factory=dict)  # its gone workers' counts
 
     def in_state(self, *states: WorkerState) -> list[WorkerProcess]:
         return [w for w in self.workers.values() if w.state in states]

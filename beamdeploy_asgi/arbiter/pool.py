@@ -32,6 +32,7 @@ from beamdeploy_asgi.lines import LineTooLong, parse_object
 from beamdeploy_asgi.protocol import (
     HOT_RELOAD_VERSION,
     PROTOCOL_VERSION,
+    RESPONSE_CLASSES,
     Command,
     Event,
     mismatch,
@@ -44,6 +45,8 @@ KILL_MARGIN = 2.0  # past graceful_timeout, a draining worker is killed
 STABLE_AFTER = 10.0  # a worker serving this long ends a crash streak
 MAX_BACKOFF = 30.0
 MAX_PATH = 4096
+MAX_COUNT = 2**53  # a count past this is no count a worker made (JSON's exact integers)
+PRIVATE_BACKLOG = 128  # the private listener takes smoke checks, not traffic
 
 
 def backoff(streak: int) -> float:
@@ -57,7 +60,11 @@ class PoolListener(Protocol):
     """What the pool reports about generations that are not serving yet or any more."""
 
     def worker_changed(self, generation: Generation) -> None:
-        """A worker became ready or serving, stopped accepting, or exited."""
+        """A worker became ready or serving, stopped accepting, or exited.
+
+        Also, for any generation, the serving one included: a worker paused
+        or resumed.
+        """
 
     def worker_imported(self, generation: Generation) -> None:
         """A worker imported the app, from inside its release."""
@@ -76,6 +83,9 @@ class PoolListener(Protocol):
 
     def worker_exited(self, generation: Generation, pid: int) -> None:
         """A worker of any generation exited."""
+
+    def worker_responses(self, generation: Generation) -> None:
+        """A worker of any generation reported its response counts."""
 
 
 @dataclass
@@ -152,6 +162,55 @@ class WorkerPool:
         for worker in generation.in_state(WorkerState.READY):
             worker.send({"cmd": Command.SERVE})
 
+    def open_private(self, generation: Generation) -> str:
+        """A loopback listener the generation's workers serve from READY on; its URL.
+
+        A smoke check reaches the new generation there before any user
+        request does. Call it before `start`: workers get it at spawn.
+        """
+        if generation.workers:
+            raise RuntimeError(f"{generation} has workers already; open its listener first")
+        if generation.private_listener is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(PRIVATE_BACKLOG)
+            except OSError:
+                sock.close()
+                raise
+            generation.private_listener = sock
+        host, port = generation.private_listener.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def close_private(self, generation: Generation) -> None:
+        """Close the arbiter's end: workers still running keep serving their copy."""
+        if generation.private_listener is not None:
+            generation.private_listener.close()
+            generation.private_listener = None
+
+    def pause(self, generation: Generation) -> None:
+        """Tell every serving worker to stop accepting, and to stay booted."""
+        for worker in generation.in_state(WorkerState.SERVING):
+            worker.send({"cmd": Command.PAUSE})
+
+    def resume(self, generation: Generation) -> None:
+        """Tell every serving worker to accept again."""
+        for worker in generation.in_state(WorkerState.SERVING):
+            worker.send({"cmd": Command.RESUME})
+
+    def paused(self, generation: Generation) -> int:
+        """How many of its workers said they paused (and did not resume since)."""
+        return sum(1 for w in generation.workers.values() if w.paused)
+
+    def responses(self, generation: Generation) -> dict[str, int]:
+        """Its responses by status class: live workers' last counts plus exited ones'."""
+        total = dict.fromkeys(RESPONSE_CLASSES, 0)
+        live = [w.responses for w in generation.workers.values()]
+        for counts in [generation.exited_responses, *live]:
+            for key, value in counts.items():
+                total[key] += value
+        return total
+
     def promote(self, generation: Generation) -> Generation | None:
         """Make `generation` the serving one; returns the one it replaces."""
         old = self.serving
@@ -172,6 +231,7 @@ class WorkerPool:
         """A generation that will never serve: stop every worker it has."""
         generation.state = GenerationState.FAILED
         generation.failure = cause
+        self.close_private(generation)
         for worker in list(generation.workers.values()):
             if worker.state is not WorkerState.STOPPING:
                 self._stop_unserved(worker)
@@ -368,6 +428,9 @@ class WorkerPool:
             capability = message.get("hot_reload")
             if isinstance(capability, int) and not isinstance(capability, bool):
                 worker.hot_reload = capability
+            capability = message.get("deploy")
+            if isinstance(capability, int) and not isinstance(capability, bool):
+                worker.deploy = capability
             self.log.info("%s: worker %s is ready", generation, worker.pid)
             if generation is self.serving:
                 worker.send({"cmd": Command.SERVE})  # a replacement: it serves at once
@@ -390,6 +453,14 @@ class WorkerPool:
                 self.log.info("%s: worker %s drains on its own", generation, worker.pid)
                 self._begin_drain(worker, signal_it=False)
             self._changed(generation)
+        elif event in (Event.PAUSED, Event.RESUMED):
+            worker.paused = event == Event.PAUSED
+            if self.listener is not None:
+                self.listener.worker_changed(generation)  # the serving generation's too
+        elif event == Event.RESPONSES:
+            worker.responses = {**worker.responses, **valid_counts(message)}
+            if self.listener is not None:
+                self.listener.worker_responses(generation)
         elif event == Event.ADMIN:
             self.on_admin_request(worker, message)
         elif event == Event.RELOAD:
@@ -446,6 +517,8 @@ class WorkerPool:
     def _exited(self, worker: WorkerProcess, status: int) -> None:
         generation = worker.generation
         generation.workers.pop(worker.pid, None)
+        for key, value in worker.responses.items():  # a crash keeps its 5xx in the tally
+            generation.exited_responses[key] = generation.exited_responses.get(key, 0) + value
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(worker.channel)
         worker.close()
@@ -481,6 +554,7 @@ class WorkerPool:
             self._changed(generation)
 
     def _end(self, generation: Generation) -> None:
+        self.close_private(generation)
         if generation.state is GenerationState.DRAINING:
             generation.state = GenerationState.STOPPED
             generation.stopped_at = time.time()
@@ -546,6 +620,17 @@ class WorkerPool:
             if worker.deadline is not None and now > worker.deadline:
                 worker.deadline = None
                 self._signal(worker, signal.SIGKILL)
+
+
+def valid_counts(message: dict[str, Any]) -> dict[str, int]:
+    """The response counts of a RESPONSES line that are counts; the rest is ignored."""
+    return {
+        key: value
+        for key in RESPONSE_CLASSES
+        if isinstance(value := message.get(key), int)
+        and not isinstance(value, bool)
+        and 0 <= value < MAX_COUNT
+    }
 
 
 def exit_description(status: int) -> str:

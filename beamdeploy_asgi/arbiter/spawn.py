@@ -2,8 +2,9 @@
 
 subprocess.Popen does the fork and exec in C, so no Python code (and no lock
 the arbiter might hold) runs in the child before the new interpreter starts.
-The worker gets its listening sockets, its heartbeat file and its status
-channel as inherited file descriptors, described in ``BEAMDEPLOY_WORKER``.
+The worker gets its listening sockets (and its generation's private loopback
+listener, if it has one), its heartbeat file and its status channel as
+inherited file descriptors, described in ``BEAMDEPLOY_WORKER``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def spawn_worker(
     admin: bool,
 ) -> WorkerProcess:
     release = generation.release
+    listener = generation.private_listener
+    private = [listener.fileno()] if listener is not None else []
     heartbeat = WorkerTmp(cfg)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -57,6 +60,7 @@ def spawn_worker(
             heartbeat_fd=heartbeat.fileno(),
             channel_fd=theirs.fileno(),
             admin=admin,
+            private_listener=private[0] if private else None,
         )
         env = dict(os.environ)
         if release.path is not None:
@@ -68,7 +72,7 @@ def spawn_worker(
         env[CONTROL_ENV] = control_path
         proc = subprocess.Popen(
             [release.python, *bootstrap("beamdeploy_asgi.worker")],
-            pass_fds=[*spec.listeners, heartbeat.fileno(), theirs.fileno()],
+            pass_fds=[*spec.listeners, *private, heartbeat.fileno(), theirs.fileno()],
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,

@@ -46,6 +46,7 @@ class Listener:
         self.events: list[tuple[Any, ...]] = []
         self.exits: list[int] = []
         self.reloads: list[tuple[int, dict[str, Any]]] = []
+        self.responses: list[int] = []
 
     def worker_imported(self, generation: Generation) -> None:
         self.events.append(("imported", generation.number))
@@ -64,6 +65,9 @@ class Listener:
 
     def worker_reloaded(self, generation: Generation, pid: int, answer: dict[str, Any]) -> None:
         self.reloads.append((pid, answer))
+
+    def worker_responses(self, generation: Generation) -> None:
+        self.responses.append(generation.number)
 
 
 class Heartbeat:
@@ -342,3 +346,115 @@ def test_a_hot_reloaded_generation_keeps_the_release_it_started_from_in_use(rig)
     rig.pool.switch_release(serving, then)
     assert serving.release is then
     assert rig.pool.releases_in_use() == {"/r/1.0", "/r/1.1"}, "its interpreter is still 1.0's"
+
+
+def serving_workers(rig: Rig, generation: Generation, count: int) -> list[WorkerProcess]:
+    workers = [rig.worker(generation) for _ in range(count)]
+    for worker in workers:
+        rig.said(worker, event="ready", protocol=1, deploy=1)
+        rig.said(worker, event="serving")
+        rig.heard(worker)
+    return workers
+
+
+def test_the_deploy_capability_is_taken_only_as_an_int(rig):
+    new = generation(rig)
+    old, fake, current = rig.worker(new), rig.worker(new), rig.worker(new)
+    rig.said(old, event="ready", protocol=1)
+    rig.said(fake, event="ready", protocol=1, deploy=True)
+    rig.said(current, event="ready", protocol=1, deploy=1)
+    assert [old.deploy, fake.deploy, current.deploy] == [0, 0, 1]
+
+
+def test_response_counts_are_validated_and_summed_over_live_and_exited_workers(rig):
+    new = generation(rig)
+    rig.pool.promote(new)
+    first, second = serving_workers(rig, new, 2)
+    assert rig.pool.responses(new) == {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}
+
+    rig.said(first, event="responses", **{"1xx": 0, "2xx": 90, "3xx": 1, "4xx": 2, "5xx": 3})
+    assert first.responses == {"1xx": 0, "2xx": 90, "3xx": 1, "4xx": 2, "5xx": 3}
+    assert rig.listener.responses == [new.number], "the serving generation's counts too"
+    # Anything but a count is ignored, key by key; the last good count stays.
+    junk = {"2xx": True, "3xx": -1, "4xx": 2**53, "5xx": 4.0, "6xx": 7, "1xx": "5"}
+    rig.said(first, event="responses", **junk)
+    assert first.responses == {"1xx": 0, "2xx": 90, "3xx": 1, "4xx": 2, "5xx": 3}
+    rig.said(first, event="responses", **{"4xx": 2**53 - 1, "2xx": None})
+    assert first.responses["4xx"] == 2**53 - 1 and first.responses["2xx"] == 90
+    rig.said(first, event="responses", **{"4xx": 2})
+    rig.said(second, event="responses", **{"2xx": 10, "5xx": 1})
+    assert len(rig.listener.responses) == 5
+
+    assert rig.pool.responses(new) == {"1xx": 0, "2xx": 100, "3xx": 1, "4xx": 2, "5xx": 4}
+    rig.exit(first, code=1)  # a crash does not take its 5xx with it
+    assert rig.pool.responses(new) == {"1xx": 0, "2xx": 100, "3xx": 1, "4xx": 2, "5xx": 4}
+    replacement = serving_workers(rig, new, 1)[0]
+    rig.said(replacement, event="responses", **{"5xx": 6})
+    assert rig.pool.responses(new) == {"1xx": 0, "2xx": 100, "3xx": 1, "4xx": 2, "5xx": 10}
+    other = generation(rig)
+    assert rig.pool.responses(other)["5xx"] == 0, "counted by generation"
+
+
+def test_pause_and_resume_go_to_serving_workers_and_come_back_for_any_generation(rig):
+    serving = generation(rig)
+    rig.pool.promote(serving)
+    first, second = serving_workers(rig, serving, 2)
+    booting = rig.worker(serving)
+    rig.said(booting, event="ready", protocol=1, deploy=1)
+    rig.heard(booting)  # its serve order: not serving yet
+
+    rig.pool.pause(serving)
+    assert rig.heard(first) == rig.heard(second) == [{"cmd": "pause"}]
+    assert rig.heard(booting) == []
+    rig.said(first, event="paused")
+    assert first.paused and not second.paused
+    assert rig.pool.paused(serving) == 1
+    assert rig.listener.events == [("changed", serving.number)], "even the serving generation"
+    rig.said(second, event="paused")
+    rig.said(second, event="paused")  # a second pause answers again
+    assert rig.pool.paused(serving) == 2 and len(rig.listener.events) == 3
+
+    rig.pool.resume(serving)
+    assert rig.heard(first) == rig.heard(second) == [{"cmd": "resume"}]
+    rig.said(first, event="resumed")
+    assert not first.paused and rig.pool.paused(serving) == 1
+    assert rig.listener.events[-1] == ("changed", serving.number)
+    rig.exit(second)
+    assert rig.pool.paused(serving) == 0, "only live workers count"
+
+
+def test_the_private_listener_is_opened_before_start_and_closed_with_its_generation(rig):
+    new = generation(rig)
+    url = rig.pool.open_private(new)
+    sock = new.private_listener
+    assert sock is not None and url == f"http://127.0.0.1:{sock.getsockname()[1]}"
+    assert not sock.get_inheritable(), "only the workers it is passed to get it"
+    assert rig.pool.open_private(new) == url, "opened once"
+    with socket.create_connection(sock.getsockname(), timeout=5):
+        accepted, _ = sock.accept()  # a listening socket on loopback
+        accepted.close()
+    rig.pool.close_private(new)
+    assert new.private_listener is None and sock.fileno() == -1
+    rig.pool.close_private(new)  # closing twice is harmless
+
+    started = generation(rig)
+    rig.worker(started)
+    with pytest.raises(RuntimeError, match="has workers already"):
+        rig.pool.open_private(started)
+
+    failed = generation(rig)
+    rig.pool.open_private(failed)
+    worker = rig.worker(failed)
+    rig.pool.stop(failed, "the smoke check failed")
+    assert failed.private_listener is None, "closed when the generation is stopped"
+    rig.exit(worker)
+
+    drained = generation(rig)
+    rig.pool.open_private(drained)
+    rig.pool.promote(drained)
+    (worker,) = serving_workers(rig, drained, 1)
+    rig.pool.promote(generation(rig))
+    rig.pool.drain(drained)
+    assert drained.private_listener is not None, "still served while it drains"
+    rig.exit(worker)
+    assert drained.private_listener is None and drained.state is GenerationState.STOPPED
