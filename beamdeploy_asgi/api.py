@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from beamdeploy_asgi.control import ControlClient, socket_path
+from beamdeploy_asgi.deploy_options import checked
 from beamdeploy_asgi.errors import DeploymentFailed, NotEnabledError
 from beamdeploy_asgi.protocol import (
     CONTROL_ENV,
@@ -56,19 +57,38 @@ def upgrading(*, state_dir: str | os.PathLike[str] | None = None) -> bool:
 def upgrade(
     release: str | os.PathLike[str],
     *,
+    strategy: str | None = None,
+    max_surge: int | None = None,
+    bake: float | None = None,
+    bake_max_error_rate: float | None = None,
     wait: bool = True,
     timeout: float | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Swap the service to `release` (a release directory or an artifact) blue-green.
+    """Swap the service to `release` (a release directory or an artifact).
 
+    `strategy` ("blue-green" or "rolling", with `max_surge`) and `bake` (with
+    `bake_max_error_rate`) override the server's settings for this upgrade.
     With `wait` (the default) this returns once the new generation serves and
     the old one has stopped accepting, and raises DeploymentFailed with the
-    cause if it could not be promoted. Without it, it returns the deployment
-    as soon as it started. Blocking: from async code, call it in a thread.
+    cause if it could not be promoted or was rolled back. Without it, it
+    returns the deployment as soon as it started. Blocking: from async code,
+    call it in a thread.
     """
-    request = upgrade_request(os.path.abspath(os.fspath(release)), follow=wait)
+    options = checked(
+        {
+            "strategy": strategy,
+            "max_surge": max_surge,
+            "bake": bake,
+            "bake_max_error_rate": bake_max_error_rate,
+        }
+    )
+    request = upgrade_request(
+        os.path.abspath(os.fspath(release)),
+        follow=wait,
+        options={k: v for k, v in options.items() if v is not None},
+    )
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)
@@ -78,6 +98,10 @@ def upgrade(
 def rollback(
     to: str | None = None,
     *,
+    strategy: str | None = None,
+    max_surge: int | None = None,
+    bake: float | None = None,
+    bake_max_error_rate: float | None = None,
     wait: bool = True,
     timeout: float | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -87,7 +111,17 @@ def rollback(
 
     `to` picks any kept release by version instead. Raises like upgrade().
     """
-    request = rollback_request(to, follow=wait)
+    options = checked(
+        {
+            "strategy": strategy,
+            "max_surge": max_surge,
+            "bake": bake,
+            "bake_max_error_rate": bake_max_error_rate,
+        }
+    )
+    request = rollback_request(
+        to, follow=wait, options={k: v for k, v in options.items() if v is not None}
+    )
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)

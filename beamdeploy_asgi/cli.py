@@ -7,8 +7,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from beamdeploy_asgi import deploy_options
 from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import (
@@ -139,6 +141,33 @@ def build_parser() -> argparse.ArgumentParser:
         "code changes; requests still running then fail the reload, nothing applied "
         "(default: 3)",
     )
+    for swapping in (upgrade, rollback):
+        swapping.add_argument(
+            "--strategy",
+            choices=deploy_options.STRATEGIES,
+            help="blue-green boots a whole new generation, then moves traffic at once; "
+            "rolling replaces a few workers at a time, both releases answering meanwhile "
+            "(default: the server's --strategy)",
+        )
+        swapping.add_argument(
+            "--max-surge",
+            metavar="N",
+            type=option_type(deploy_options.max_surge, int),
+            help="rolling: how many new workers boot beyond the generation's size at a time",
+        )
+        swapping.add_argument(
+            "--bake",
+            metavar="SECONDS",
+            type=option_type(deploy_options.bake, float),
+            help="keep the old generation booted this long after the promotion, and go "
+            "back to it at once if the new one answers too many 5xx or crashes",
+        )
+        swapping.add_argument(
+            "--bake-max-error-rate",
+            metavar="SHARE",
+            type=option_type(deploy_options.bake_max_error_rate, float),
+            help="the share of 5xx answers (over at least 20) that rolls back (default 0.05)",
+        )
     for deploying in (upgrade, rollback, hot_reload):
         talks_to_arbiter(deploying, "print the deployment record as JSON instead of the phases")
         deploying.add_argument(
@@ -260,8 +289,30 @@ def run_build(options: argparse.Namespace) -> int:
     return 0
 
 
+def option_type(check: Callable[[Any], Any], kind: type) -> Callable[[str], Any]:
+    """An argparse type: the text as `kind`, checked as the arbiter checks it."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(kind(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def deploy_changes(options: argparse.Namespace) -> dict[str, Any]:
+    """The deployment options given on the command line."""
+    given = {name: getattr(options, name) for name in deploy_options.NAMES}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def run_upgrade(client: ControlClient, options: argparse.Namespace) -> int:
-    request = upgrade_request(os.path.abspath(options.release), follow=not options.no_wait)
+    request = upgrade_request(
+        os.path.abspath(options.release),
+        follow=not options.no_wait,
+        options=deploy_changes(options),
+    )
     return follow_deployment(client, request, options)
 
 
@@ -298,7 +349,9 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 
 def run_rollback(client: ControlClient, options: argparse.Namespace) -> int:
-    request = rollback_request(options.to or None, follow=not options.no_wait)
+    request = rollback_request(
+        options.to or None, follow=not options.no_wait, options=deploy_changes(options)
+    )
     return follow_deployment(client, request, options)
 
 
@@ -319,7 +372,8 @@ def follow_deployment(client: ControlClient, request: dict, options: argparse.Na
     if options.no_wait or result.get("outcome") == "succeeded":
         return 0
     if not options.json:
-        print(f"{options.command} failed: {result.get('error')}", file=sys.stderr)
+        how = "was rolled back" if result.get("outcome") == "rolled-back" else "failed"
+        print(f"{options.command} {how}: {result.get('error')}", file=sys.stderr)
     return 1
 
 

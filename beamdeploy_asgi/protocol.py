@@ -30,6 +30,7 @@ GENERATION_ENV = "BEAMDEPLOY_GENERATION"  # for the app: which generation runs i
 RELEASE_NAME_ENV = "BEAMDEPLOY_RELEASE_NAME"
 RELEASE_VERSION_ENV = "BEAMDEPLOY_RELEASE_VERSION"
 DAEMONIZED_ENV = "BEAMDEPLOY_DAEMONIZED"
+SMOKE_URL_ENV = "BEAMDEPLOY_SMOKE_URL"  # for the smoke command: where the new generation answers
 
 
 def state_dir_path(given: str | None = None) -> str:
@@ -143,17 +144,30 @@ def mismatch(theirs: Any, who: str) -> str:
 # -- requests on the control socket (and forwarded by workers) ------------------
 
 
-def upgrade_request(release: str, *, follow: bool, remove_after: bool = False) -> dict[str, Any]:
+def upgrade_request(
+    release: str,
+    *,
+    follow: bool,
+    remove_after: bool = False,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`options`: the deployment's strategy and bake (see deploy_options), if any."""
     request: dict[str, Any] = {"op": "upgrade", "release": release, "follow": follow}
     if remove_after:
         request["remove_after"] = True  # an upload: the arbiter removes it once installed
+    if options:
+        request["options"] = options
     return request
 
 
-def rollback_request(to: str | None = None, *, follow: bool) -> dict[str, Any]:
+def rollback_request(
+    to: str | None = None, *, follow: bool, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     request: dict[str, Any] = {"op": "rollback", "follow": follow}
     if to is not None:
         request["to"] = to
+    if options:
+        request["options"] = options
     return request
 
 

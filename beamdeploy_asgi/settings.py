@@ -12,6 +12,7 @@ from typing import Any
 
 from gunicorn import config as gconfig
 
+from beamdeploy_asgi import deploy_options
 from beamdeploy_asgi.protocol import TOKEN_ENV, state_dir_path
 
 SECTION = "BeamDeploy"
@@ -422,3 +423,169 @@ class ReleasePython(gconfig.Setting):
         when the workers' user (``--user``) cannot run the arbiter's
         interpreter, as with a Python installed under ``/root``.
         """
+
+
+# -- how upgrades deploy ------------------------------------------------------
+
+
+def _strategy(value: Any) -> str:
+    return deploy_options.strategy(str(value).strip().lower())
+
+
+def _max_surge(value: Any) -> int:
+    return deploy_options.max_surge(int(value))
+
+
+def _bake(value: Any) -> float:
+    return deploy_options.bake(float(value))
+
+
+def _error_rate(value: Any) -> float:
+    return deploy_options.bake_max_error_rate(float(value))
+
+
+class Strategy(gconfig.Setting):
+    name = "strategy"
+    section = SECTION
+    cli = ["--strategy"]
+    meta = "blue-green|rolling"
+    validator = _strategy
+    default = "blue-green"
+    desc = """\
+        How an upgrade replaces the workers, unless the upgrade says otherwise.
+
+        ``blue-green`` boots a whole new generation beside the serving one,
+        then moves traffic at once: memory for two generations. ``rolling``
+        replaces the workers a few at a time (``--max-surge``): while it runs,
+        both releases answer requests.
+        """
+
+
+class MaxSurge(gconfig.Setting):
+    name = "max_surge"
+    section = SECTION
+    cli = ["--max-surge"]
+    meta = "N"
+    validator = _max_surge
+    type = int
+    default = 1
+    desc = """\
+        With the rolling strategy, how many new workers boot beyond the
+        generation's size at a time.
+        """
+
+
+class Bake(gconfig.Setting):
+    name = "bake"
+    section = SECTION
+    cli = ["--bake"]
+    meta = "SECONDS"
+    validator = _bake
+    type = float
+    default = 0.0
+    desc = """\
+        After a blue-green promotion, how long the old generation stays booted
+        (not accepting) while the new one's answers are watched.
+
+        If the new generation's share of 5xx answers passes
+        ``--bake-max-error-rate``, or one of its workers crashes, the old one
+        serves again at once and the upgrade ends ``rolled-back``.
+        """
+
+
+class BakeMaxErrorRate(gconfig.Setting):
+    name = "bake_max_error_rate"
+    section = SECTION
+    cli = ["--bake-max-error-rate"]
+    meta = "SHARE"
+    validator = _error_rate
+    type = float
+    default = 0.05
+    desc = """\
+        The share of 5xx answers (over at least 20) that rolls a baking
+        upgrade back.
+        """
+
+
+class SmokeCmd(gconfig.Setting):
+    name = "smoke_cmd"
+    section = SECTION
+    cli = ["--smoke-cmd"]
+    meta = "COMMAND"
+    validator = gconfig.validate_string
+    default = None
+    desc = """\
+        A command run before each new generation takes traffic; if it fails,
+        the upgrade fails and the serving generation stays.
+
+        It runs through ``/bin/sh -c`` in the directory ``serve`` started in,
+        as the workers' user, with ``BEAMDEPLOY_SMOKE_URL`` set to a loopback
+        address only the new generation answers on.
+        """
+
+
+class SmokeTimeout(gconfig.Setting):
+    name = "smoke_timeout"
+    section = SECTION
+    cli = ["--smoke-timeout"]
+    meta = "SECONDS"
+    validator = _positive_float
+    type = float
+    default = 120.0
+    desc = """\
+        How long the smoke command may run before it counts as failed.
+        """
+
+
+class HookTimeout(gconfig.Setting):
+    name = "hook_timeout"
+    section = SECTION
+    cli = ["--hook-timeout"]
+    meta = "SECONDS"
+    validator = _positive_float
+    type = float
+    default = 30.0
+    desc = """\
+        How long a ``beamdeploy_*`` deployment hook may run. One that takes
+        longer is reported; ``beamdeploy_before_promote`` then vetoes.
+        """
+
+
+def _deployment_hook(name: str, doc: str) -> type:
+    def default(server: Any, deployment: dict[str, Any]) -> None:
+        pass
+
+    return type(
+        "".join(part.title() for part in name.split("_")),
+        (gconfig.Setting,),
+        {
+            "name": name,
+            "section": "Server Hooks",
+            "validator": gconfig.validate_callable(2),
+            "type": callable,
+            "default": staticmethod(default),
+            "desc": doc,
+        },
+    )
+
+
+DEPLOYMENT_HOOKS = {
+    "beamdeploy_deployment_started": "Called when a deployment starts.",
+    "beamdeploy_before_promote": (
+        "Called once the new generation has booted (and passed the smoke command), "
+        "before it takes traffic. Returning False or raising vetoes the promotion."
+    ),
+    "beamdeploy_promoted": "Called once the new generation serves.",
+    "beamdeploy_deployment_failed": "Called when a deployment failed or was rolled back.",
+}
+for _name, _doc in DEPLOYMENT_HOOKS.items():
+    _deployment_hook(
+        _name,
+        f"""\
+        {_doc}
+
+        The callable gets the arbiter and the deployment's record (a dict, as
+        ``beamdeploy status`` shows it). It runs in a thread of the arbiter,
+        bounded by ``--hook-timeout``.
+        """,
+    )

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from beamdeploy_asgi import deploy_options
 from beamdeploy_asgi import running as worker_runtime
 from beamdeploy_asgi.admin.errors import AdminError, error_response
 from beamdeploy_asgi.admin.gate import AdminGate, presented_token
@@ -38,7 +39,8 @@ from beamdeploy_asgi.releases.confine import PathNotAllowed, confined
 
 RELEASE_DIRS_ENV = "BEAMDEPLOY_RELEASE_DIRS"  # outside the arbiter: where releases may be
 LOCAL_BODY_TIMEOUT = 10.0
-ReleaseMessage = Callable[[str, bool, bool], dict[str, Any]]  # (release, wait, upload)
+# (release, wait, upload, the JSON body's other fields)
+ReleaseMessage = Callable[[str, bool, bool, dict[str, Any]], dict[str, Any]]
 
 MAX_JSON_BODY = 64 * 1024
 _mounted_by_app = False
@@ -165,8 +167,12 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
 
 
 async def upgrade(request: Request) -> Response:
-    def message(release: str, wait: bool, upload: bool) -> dict[str, Any]:
-        return upgrade_request(release, follow=wait, remove_after=upload)
+    """Options (strategy, bake) come as query parameters, or as fields of a JSON body."""
+    from_query = _deploy_options(request)
+
+    def message(release: str, wait: bool, upload: bool, fields: dict[str, Any]) -> dict[str, Any]:
+        options = {**from_query, **_body_options(fields)}
+        return upgrade_request(release, follow=wait, remove_after=upload, options=options)
 
     return await _deploy_release(request, message)
 
@@ -177,7 +183,7 @@ async def hot_reload(request: Request) -> Response:
     if worker_runtime.current() is None:
         return await _hot_reload_here(request, dry_run)
 
-    def message(release: str, wait: bool, upload: bool) -> dict[str, Any]:
+    def message(release: str, wait: bool, upload: bool, fields: dict[str, Any]) -> dict[str, Any]:
         return hot_reload_request(
             release,
             follow=wait,
@@ -205,7 +211,7 @@ async def _hot_reload_here(request: Request, dry_run: bool) -> Response:
         )
     dirs = [d for d in os.environ.get(RELEASE_DIRS_ENV, "").split(os.pathsep) if d]
     try:
-        release = confined(await _json_release(request), dirs)
+        release = confined((await _json_document(request))["release"], dirs)
     except PathNotAllowed as exc:
         raise AdminError(exc.status, str(exc), exc.code) from None
     try:
@@ -232,11 +238,12 @@ async def _deploy_release(request: Request, message: ReleaseMessage) -> Response
             'send JSON ({"release": PATH}) as application/json, or the artifact as '
             f"application/gzip, not {content_type or 'no content type'}",
         )
+    document = await _json_document(request)
     try:
-        release = confined(await _json_release(request), runtime.cfg.release_dirs)
+        release = confined(document.pop("release"), runtime.cfg.release_dirs)
     except PathNotAllowed as exc:
         raise AdminError(exc.status, str(exc), exc.code) from None
-    return await _deploy(request, message(str(release), wait, False), wait)
+    return await _deploy(request, message(str(release), wait, False, document), wait)
 
 
 async def _deploy_upload(
@@ -272,7 +279,7 @@ async def _deploy_upload(
             slot.release()
 
         try:
-            return await _deploy(request, message(str(upload), wait, True), wait, hand_over)
+            return await _deploy(request, message(str(upload), wait, True, {}), wait, hand_over)
         finally:
             if not handed_over:
                 upload.unlink(missing_ok=True)
@@ -280,6 +287,7 @@ async def _deploy_upload(
 
 async def rollback(request: Request) -> Response:
     wait = _flag(request.query_params.get("wait"), "wait")
+    options = _deploy_options(request)
     to = None
     body = await read_limited(request, MAX_JSON_BODY)
     if body.strip():
@@ -289,11 +297,12 @@ async def rollback(request: Request) -> Response:
             raise AdminError(400, "the request body is not valid JSON") from None
         if not isinstance(document, dict):
             raise AdminError(400, 'the body must be empty or a JSON object like {"to": "1.4.0"}')
-        to = document.get("to")
+        to = document.pop("to", None)
         if to is not None:
             if not isinstance(to, str) or not to:
                 raise AdminError(400, "'to' must be a release version")
-    return await _deploy(request, rollback_request(to, follow=wait), wait)
+        options.update(_body_options(document))
+    return await _deploy(request, rollback_request(to, follow=wait, options=options), wait)
 
 
 async def _deploy(
@@ -334,6 +343,23 @@ def _seconds(value: str | None, name: str) -> float | None:
     return seconds
 
 
+def _deploy_options(request: Request) -> dict[str, Any]:
+    """Strategy and bake from the query string; other parameters are not ours to judge."""
+    given = {k: v for k, v in request.query_params.items() if k in deploy_options.NAMES}
+    try:
+        return deploy_options.from_text(given)
+    except deploy_options.BadOption as exc:
+        raise AdminError(400, f"query parameter {exc}") from None
+
+
+def _body_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """Strategy and bake from a JSON body's fields; any other field is refused."""
+    try:
+        return {k: v for k, v in deploy_options.checked(fields).items() if v is not None}
+    except deploy_options.BadOption as exc:
+        raise AdminError(400, str(exc)) from None
+
+
 def _flag(value: str | None, name: str) -> bool:
     if value is None or value.lower() in ("", "false", "0", "no"):
         return False
@@ -342,7 +368,8 @@ def _flag(value: str | None, name: str) -> bool:
     raise AdminError(400, f"query parameter {name!r} must be true or false, not {value!r}")
 
 
-async def _json_release(request: Request) -> str:
+async def _json_document(request: Request) -> dict[str, Any]:
+    """A JSON object naming a release; its other fields are the caller's to read."""
     body = await read_limited(request, MAX_JSON_BODY)
     try:
         document = json.loads(body)
@@ -352,7 +379,7 @@ async def _json_release(request: Request) -> str:
         raise AdminError(400, 'the body must be a JSON object like {"release": "<path>"}')
     if not document["release"] or "\x00" in document["release"]:
         raise AdminError(400, "'release' must be a non-empty path")
-    return document["release"]
+    return document
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

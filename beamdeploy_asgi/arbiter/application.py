@@ -105,6 +105,11 @@ class BeamApplication(Configuration):
                 "their user could read the token; set BEAMDEPLOY_TOKEN in the arbiter's "
                 "environment instead"
             )
+        if cfg.strategy == "rolling" and cfg.bake:
+            found.append(
+                "bake with the rolling strategy: the bake keeps the old generation booted "
+                "beside the new one, and a rolling upgrade leaves none; bake with blue-green"
+            )
         if getattr(cfg, "dirty_workers", 0):
             found.append("dirty_workers: gunicorn's dirty arbiter is not supported by beamdeploy")
         return found

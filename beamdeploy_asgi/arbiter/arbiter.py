@@ -11,6 +11,7 @@ ever blocks reaping or heartbeat checks) and turns signals into actions.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -28,6 +29,7 @@ from gunicorn.pidfile import Pidfile
 from beamdeploy_asgi.arbiter import state_dir as state_dir_setup
 from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlServer, Replier
 from beamdeploy_asgi.arbiter.deployer import Deployer
+from beamdeploy_asgi.arbiter.deployment_hooks import DeploymentHooks
 from beamdeploy_asgi.arbiter.generation import GenerationState, WorkerProcess
 from beamdeploy_asgi.arbiter.listeners import (
     ListenError,
@@ -41,6 +43,7 @@ from beamdeploy_asgi.arbiter.requests import ControlRequests
 from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
 from beamdeploy_asgi.arbiter.worker_requests import ForwardedRequests
 from beamdeploy_asgi.control import ControlClient, socket_path
+from beamdeploy_asgi.deploy_options import DeployOptions
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import TOKEN_ENV, simple_request
 from beamdeploy_asgi.releases.release import Release
@@ -64,6 +67,7 @@ class BeamArbiter(Arbiter):
         os.environ.pop(TOKEN_ENV, None)
 
         self.tasks = TaskRunner(self.selector, self.log)
+        self.hooks = DeploymentHooks(self.cfg, self.log, server=self, wake=self._wake)
         self.pool = WorkerPool(
             context=SpawnContext(
                 cfg=self.cfg,
@@ -87,10 +91,20 @@ class BeamArbiter(Arbiter):
         )
         self.deployer = Deployer(
             self.pool,
-            ReleaseSteps(cfg=self.cfg, store=self.store, tasks=self.tasks, log=self.log),
+            ReleaseSteps(
+                cfg=self.cfg,
+                store=self.store,
+                tasks=self.tasks,
+                hooks=self.hooks,
+                cwd=self.app.launch_cwd,
+                log=self.log,
+            ),
             self.log,
             boot_timeout=self.cfg.boot_timeout,
             drain_timeout=self.cfg.graceful_timeout + KILL_MARGIN,
+            defaults=default_options(self.cfg),
+            smoke=bool(self.cfg.smoke_cmd),
+            check_timeout=self.cfg.smoke_timeout + self.cfg.hook_timeout,
             past=self.store.history(),
         )
         self.pool.listener = self.deployer
@@ -239,6 +253,7 @@ class BeamArbiter(Arbiter):
         busy = (
             self.deployer.current is not None
             or bool(self.tasks.running)
+            or self.hooks.waiting
             or any(g.state is not GenerationState.SERVING for g in self.pool.generations)
         )
         for key, mask in self.selector.select(0.1 if busy else 1.0):
@@ -264,6 +279,7 @@ class BeamArbiter(Arbiter):
         self.handle_signals()
         self.reap_workers()
         self.tasks.check()
+        self.hooks.check()
         self.pool.check(self.timeout)
         self.deployer.tick()
         self.pool.manage()
@@ -281,6 +297,12 @@ class BeamArbiter(Arbiter):
                 return
             if not self.tasks.exited(pid, status) and not self.pool.exited(pid, status):
                 self.log.debug("Reaped unknown child process %s", pid)
+
+    def _wake(self) -> None:
+        """Wake the loop from another thread: a byte in the signal wake-up pipe."""
+        if self._wakeup_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wakeup_w, b"\0")
 
     def _drain_wakeup_pipe(self) -> None:
         try:
@@ -334,3 +356,13 @@ class BeamArbiter(Arbiter):
 
     def handle_winch(self) -> None:
         self.log.debug("WINCH ignored")
+
+
+def default_options(cfg: Any) -> DeployOptions:
+    """How upgrades deploy unless they say otherwise: the serve settings."""
+    return DeployOptions(
+        strategy=cfg.strategy,
+        max_surge=cfg.max_surge,
+        bake=cfg.bake,
+        bake_max_error_rate=cfg.bake_max_error_rate,
+    )

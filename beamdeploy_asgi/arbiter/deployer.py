@@ -4,19 +4,23 @@
     [preflight]   the new generation's workers start, in parallel, and
                   import the app; the first import that passes ends it
     booting       the workers run lifespan startup and their health check
+    [checking]    the smoke command and the before_promote hook
     promoting     all READY: each is told to accept
     promoted      the new generation serves; STATE_DIR/current points at it
+    [baking]      the old generation waits, booted, while the new one's
+                  answers are watched; too many 5xx and it serves again
     draining      the old generation stops accepting and drains
     done          every old worker stopped accepting
 
-A failure before promotion goes through `stopping` (the new generation's
-workers are stopped) to `failed`, and leaves the serving generation as it
-was; an import that fails during the preflight is reported as the
-preflight's failure. The machine is driven by events: the pool's (a worker
-imported, changed or failed, a generation ended), the install's results and
-the clock's (`tick`). It acts only through the `Workers` and `Steps`
-interfaces, so a test drives it with fakes, and every deployment ends in
-`_end`.
+The rolling strategy replaces booting..promoting with `rolling` (see
+`rolling.py`). A failure before promotion goes through `stopping` (the new
+generation's workers are stopped) to `failed`, and leaves the serving
+generation as it was; a bake that trips goes through `rolling-back` to
+`rolled-back`. The machine is driven by events: the pool's (a worker
+imported, changed, failed, answered or exited, a generation ended), the
+install's and checks' results and the clock's (`tick`). It acts only through
+the `Workers` and `Steps` interfaces, so a test drives it with fakes, and
+every deployment ends in `_end`.
 """
 
 from __future__ import annotations
@@ -26,95 +30,26 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from logging import Logger
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from beamdeploy_asgi.arbiter.bake import BakeWatch
 from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
+from beamdeploy_asgi.arbiter.interfaces import Steps, Workers
+from beamdeploy_asgi.arbiter.promotion_gate import PromotionGate
 from beamdeploy_asgi.arbiter.reload_run import ReloadRun
+from beamdeploy_asgi.arbiter.rolling import RollingRun
+from beamdeploy_asgi.deploy_options import DeployOptions
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
 
 KEPT_DEPLOYMENTS = 50
 HOT_RELOAD = "hot-reload"
+ROLLED_BACK = "rolled-back"
 # The pool holds each worker to its own deadline; the machine's come this
 # much later, so that a deployment ends even if a worker's end is never seen.
 BACKSTOP = 2.0
 STOP_LIMIT = 5.0 + BACKSTOP  # the pool's STOP_TIMEOUT, then the backstop
-
-
-class Workers(Protocol):
-    """What a deployment asks of the worker pool."""
-
-    serving: Generation | None
-
-    def create(self, release: Release) -> Generation: ...
-
-    def start(self, generation: Generation) -> str | None: ...
-
-    def count(self, generation: Generation, state: WorkerState) -> int: ...
-
-    def live(self, generation: Generation) -> int: ...
-
-    def still_accepting(self, generation: Generation) -> int: ...
-
-    def serve(self, generation: Generation) -> None: ...
-
-    def promote(self, generation: Generation) -> Generation | None: ...
-
-    def drain(self, generation: Generation) -> None: ...
-
-    def stop(self, generation: Generation, cause: str) -> None: ...
-
-    def releases_in_use(self) -> set[str]: ...
-
-    # a hot reload of the serving generation
-    hold_spawns: bool
-
-    def reload_members(self, generation: Generation) -> tuple[set[int], str | None]: ...
-
-    def send_reload(
-        self, generation: Generation, pids: set[int], message: dict[str, Any]
-    ) -> None: ...
-
-    def switch_release(self, generation: Generation, release: Release) -> None: ...
-
-    def retire_pids(self, generation: Generation, pids: set[int]) -> None: ...
-
-
-class Steps(Protocol):
-    """What a deployment asks of the release side: installs, checks, the store."""
-
-    def install(
-        self,
-        artifact: str,
-        *,
-        remove_after: bool,
-        progress: Callable[[str], None],
-        done: Callable[[str], None],
-        failed: Callable[[str], None],
-        wanted: Callable[[], bool],
-    ) -> None: ...
-
-    def open_to_workers(self, release: Release) -> str | None: ...
-
-    def plan(
-        self,
-        serving: Release,
-        new: Release,
-        done: Callable[[dict[str, Any] | None, str | None], None],
-    ) -> None:
-        """A hot reload's plan: `done(plan, None)`, or `done(None, cause)`."""
-
-    def promoted(self, deployment: Deployment) -> None: ...
-
-    def record(self, deployment: Deployment) -> None: ...
-
-    def mark_failed(self, release: Release, phase: str, error: str) -> None: ...
-
-    def prune(self, in_use: set[str]) -> None: ...
-
-    def halt(self, cause: str) -> None:
-        """Nothing serves and nothing will: the arbiter stops (raises)."""
 
 
 class Busy(Exception):
@@ -135,15 +70,26 @@ class Deployer:
         *,
         boot_timeout: float,
         drain_timeout: float,
+        defaults: DeployOptions | None = None,
+        smoke: bool = False,
+        check_timeout: float = 0.0,
         past: Iterable[dict[str, Any]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`drain_timeout`: how long the pool lets a draining worker run before killing it."""
+        """`drain_timeout`: how long the pool lets a draining worker run before killing it.
+
+        `defaults`: how upgrades deploy unless they say otherwise; `smoke`: a
+        smoke command is set; `check_timeout`: the longest the smoke command
+        and the before_promote hook may take together.
+        """
         self.workers = workers
         self.steps = steps
         self.log = log
         self.boot_timeout = boot_timeout
         self.drain_timeout = drain_timeout
+        self.defaults = defaults or DeployOptions()
+        self.smoke = smoke
+        self.check_timeout = check_timeout
         self.clock = clock
         self.current: Deployment | None = None
         self.deployments: deque[Deployment] = deque(maxlen=KEPT_DEPLOYMENTS)
@@ -157,6 +103,9 @@ class Deployer:
         self.failed_at: str | None = None
         self.ready = 0  # workers of the new generation last reported ready
         self.reload: ReloadRun | None = None
+        self.rolling: RollingRun | None = None
+        self.gate: PromotionGate | None = None
+        self.bake: BakeWatch | None = None
         self.since: dict[str, float] = {}
 
     # -- starting ----------------------------------------------------------
@@ -171,11 +120,13 @@ class Deployer:
         remove_after: bool = False,
         dry_run: bool = False,
         suspend_timeout: float = 3.0,
+        options: DeployOptions | None = None,
     ) -> Deployment:
         """Start a deployment, or raise Busy: one runs at a time.
 
         `kind` "hot-reload" patches the serving generation instead of booting
-        a new one (`dry_run` stops after the plan).
+        a new one (`dry_run` stops after the plan). `options` (strategy, bake)
+        replace the defaults for this deployment.
         """
         if self.current is not None:
             raise Busy(self.current)
@@ -186,8 +137,12 @@ class Deployer:
         self.deployments.append(deployment)
         self._reset()
         self.options = {"dry_run": dry_run, "suspend_timeout": suspend_timeout}
+        self.deploy = options or self.defaults
+        if kind != HOT_RELOAD and deployment.previous is not None:
+            deployment.details["strategy"] = self.deploy.strategy
         self.steps.record(deployment)  # so an arbiter that dies now still leaves a trace
         self.log.info("deployment %s (%s): %s", deployment.id, kind, release or artifact)
+        self._hook("beamdeploy_deployment_started", deployment)
         if artifact is not None:
             self._install(deployment, artifact, remove_after)
         else:
@@ -267,6 +222,14 @@ class Deployer:
         deployment.target = generation
         self.since["boot"] = self.since["preflight"] = self.clock()
         self.deadline = self.since["boot"] + self.boot_timeout + BACKSTOP
+        if self.smoke:
+            self.smoke_url: str | None = self.workers.open_private(generation)
+        else:
+            self.smoke_url = None
+        previous = deployment.previous
+        if self.deploy.strategy == "rolling" and previous is not None:
+            self._roll(deployment, previous, generation)
+            return
         self.log.info(
             "deployment %s: booting %s with %s workers", deployment.id, generation, generation.size
         )
@@ -283,6 +246,37 @@ class Deployer:
         if cause is not None:
             self._fail(deployment, cause, at="boot")
 
+    def _roll(self, deployment: Deployment, old: Generation, new: Generation) -> None:
+        self.log.info(
+            "deployment %s: rolling %s to %s, %s at a time",
+            deployment.id,
+            old,
+            new,
+            self.deploy.max_surge,
+        )
+        self.since["rolling"] = self.clock()
+        self.rolling = RollingRun(
+            deployment,
+            old,
+            new,
+            workers=self.workers,
+            surge=self.deploy.max_surge,
+            gate=lambda then: self._check(deployment, new, then),
+            finish=lambda: self._rolled(deployment, new),
+            fail=lambda cause: self._fail(deployment, cause, at="boot"),
+            progressed=self._progressed,
+        )
+        self.rolling.start()
+
+    def _progressed(self) -> None:
+        """A rollout moved: its deadline starts again."""
+        self.deadline = self.clock() + self.boot_timeout + BACKSTOP
+
+    def _rolled(self, deployment: Deployment, new: Generation) -> None:
+        self._took(deployment, "rolling")
+        self.rolling = None
+        self._promote(deployment, new)
+
     # -- events ----------------------------------------------------------------
 
     def worker_changed(self, generation: Generation) -> None:
@@ -297,9 +291,19 @@ class Deployer:
     def worker_exited(self, generation: Generation, pid: int) -> None:
         if self.reload is not None and generation is self.reload.generation:
             self.reload.exited(pid)
+        deployment = self.current
+        if deployment is None:
+            return
+        if self.bake is not None and generation is deployment.target:
+            self._watch(deployment, generation)
+        elif self.rolling is not None and generation is deployment.previous:
+            self.rolling.step()  # an old worker's memory is free: room for a new one
 
     def worker_responses(self, generation: Generation) -> None:
         """The bake window reads them."""
+        deployment = self.current
+        if deployment is not None and self.bake is not None and generation is deployment.target:
+            self._watch(deployment, generation)
 
     def worker_imported(self, generation: Generation) -> None:
         deployment = self.current
@@ -345,7 +349,17 @@ class Deployer:
         self.deadline = None
         target = deployment.target
         assert target is not None
-        if deployment.phase in (Phase.PREFLIGHT, Phase.BOOTING, Phase.PROMOTING):
+        if deployment.phase is Phase.ROLLING:
+            self._fail(
+                deployment,
+                f"rolling to {target}: no worker moved in {self.boot_timeout:g}s (boot timeout)",
+                at="boot",
+            )
+        elif deployment.phase is Phase.CHECKING:
+            self._fail(deployment, f"the checks of {target} did not end in time")
+        elif deployment.phase is Phase.BAKING:
+            self._baked(deployment, target)
+        elif deployment.phase in (Phase.PREFLIGHT, Phase.BOOTING, Phase.PROMOTING):
             ready = self.workers.count(target, WorkerState.READY)
             self._fail(
                 deployment,
@@ -370,6 +384,8 @@ class Deployer:
                 deployment.previous,
             )
             self._end(deployment, "succeeded")
+        elif deployment.phase is Phase.ROLLING_BACK:
+            self._end(deployment, ROLLED_BACK)
 
     # -- stepping ------------------------------------------------------------
 
@@ -381,6 +397,13 @@ class Deployer:
         if deployment.phase is Phase.STOPPING:
             if self.workers.live(target) == 0:
                 self._end(deployment, "failed")
+            return
+        if self.rolling is not None:
+            self.rolling.step()
+            return
+        if deployment.phase is Phase.ROLLING_BACK:
+            if self.workers.still_accepting(target) == 0:
+                self._end(deployment, ROLLED_BACK)
             return
         if deployment.phase is Phase.PREFLIGHT and self.workers.count(target, WorkerState.READY):
             self._passed(deployment)  # a worker that does not say `imported` says `ready`
@@ -406,23 +429,132 @@ class Deployer:
             )
         if ready == target.size:
             self._took(deployment, "boot")
-            self.since["promotion"] = self.clock()
-            deployment.record(Phase.PROMOTING, f"promoting {target}")
-            self.workers.serve(target)
+            self._check(deployment, target, lambda: self._serve(deployment, target))
+
+    def _serve(self, deployment: Deployment, target: Generation) -> None:
+        self.since["promotion"] = self.clock()
+        self.deadline = self.since["promotion"] + self.boot_timeout + BACKSTOP
+        deployment.record(Phase.PROMOTING, f"promoting {target}")
+        self.workers.serve(target)
+
+    def _check(self, deployment: Deployment, target: Generation, then: Callable[[], None]) -> None:
+        """The smoke command and the before_promote hook, if any, then `then`."""
+        if not PromotionGate.needed(self.steps, self.smoke_url):
+            then()
+            return
+        self.since["checks"] = self.clock()
+        self.deadline = self.since["checks"] + self.check_timeout + BACKSTOP
+
+        def passed() -> None:
+            self._took(deployment, "checks")
+            self.gate = None
+            deployment.record(Phase.ROLLING if self.rolling else Phase.CHECKING, "checks passed")
+            self._progressed()
+            then()
+
+        self.gate = PromotionGate(
+            deployment,
+            target,
+            steps=self.steps,
+            smoke_url=self.smoke_url,
+            passed=passed,
+            failed=lambda cause: self._fail(deployment, cause, at="checks"),
+        )
+        self.gate.start()
 
     def _promote(self, deployment: Deployment, target: Generation) -> None:
-        self._took(deployment, "promotion")
+        if "promotion" in self.since:
+            self._took(deployment, "promotion")
         old = self.workers.promote(target)
         self.steps.promoted(deployment)
         self.log.info("deployment %s: %s promoted", deployment.id, target)
         deployment.record(Phase.PROMOTED, f"{target} serves")
+        self._hook("beamdeploy_promoted", deployment)
         if old is None:
             self._end(deployment, "succeeded")
             return
+        if self.deploy.bake and self._keep_warm(deployment, target, old):
+            return
+        self._drain(deployment, old)
+
+    def _drain(self, deployment: Deployment, old: Generation) -> None:
         self.workers.drain(old)
         self.deadline = self.clock() + self.drain_timeout + BACKSTOP
         deployment.record(Phase.DRAINING, f"draining {old} ({self.workers.live(old)} workers)")
         self.log.info("deployment %s: draining %s", deployment.id, old)
+        self._step(deployment)  # a rollout's old workers stopped accepting already
+
+    # -- the bake window ---------------------------------------------------------
+
+    def _keep_warm(self, deployment: Deployment, target: Generation, old: Generation) -> bool:
+        """Pause the old generation instead of draining it; False if it cannot pause."""
+        if not self.workers.can_pause(old):
+            deployment.record(
+                Phase.PROMOTED,
+                f"no bake: the workers of {old} run a beamdeploy-asgi that cannot wait "
+                "paused; it drains now",
+            )
+            return False
+        self.workers.pause(old)
+        old.state = GenerationState.STANDBY
+        self.bake = BakeWatch(
+            seconds=self.deploy.bake,
+            max_error_rate=self.deploy.bake_max_error_rate,
+            baseline=self.workers.responses(target),
+            crashes=target.crashes,
+        )
+        deployment.details["bake"] = self.bake.describe()
+        self.since["bake"] = self.clock()
+        self.deadline = self.since["bake"] + self.deploy.bake
+        deployment.record(
+            Phase.BAKING,
+            f"baking {target} for {self.deploy.bake:g}s; {old} waits, booted, to serve again",
+        )
+        self.log.info("deployment %s: baking %s, keeping %s warm", deployment.id, target, old)
+        return True
+
+    def _watch(self, deployment: Deployment, target: Generation) -> None:
+        bake = self.bake
+        assert bake is not None
+        bake.update(self.workers.responses(target))
+        deployment.details["bake"] = bake.describe()
+        cause = bake.verdict(target.crashes)
+        if cause is not None:
+            self._roll_back(deployment, target, cause)
+
+    def _baked(self, deployment: Deployment, target: Generation) -> None:
+        """The bake window passed without a verdict: the old generation drains."""
+        bake = self.bake
+        assert bake is not None and deployment.previous is not None
+        bake.update(self.workers.responses(target))
+        cause = bake.verdict(target.crashes)
+        if cause is not None:
+            self._roll_back(deployment, target, cause)
+            return
+        self._took(deployment, "bake")
+        deployment.details["bake"] = bake.describe()
+        self.bake = None
+        deployment.record(
+            Phase.PROMOTED,
+            f"baked {bake.seconds:g}s: {bake.errors} of {bake.responses} responses were 5xx",
+        )
+        self._drain(deployment, deployment.previous)
+
+    def _roll_back(self, deployment: Deployment, target: Generation, cause: str) -> None:
+        """The old generation, still booted, serves again at once; the new one drains."""
+        old = deployment.previous
+        assert old is not None and self.bake is not None
+        self._took(deployment, "bake")
+        deployment.details["bake"] = {**self.bake.describe(), "verdict": cause}
+        self.bake = None
+        deployment.error, self.failed_at = f"bake: {cause}", "bake"
+        self.log.error("deployment %s: rolling back to %s: %s", deployment.id, old, cause)
+        self.workers.resume(old)
+        self.workers.promote(old)
+        self.steps.restored(old.release)
+        self.workers.drain(target)
+        self.deadline = self.clock() + self.drain_timeout + BACKSTOP
+        deployment.record(Phase.ROLLING_BACK, f"{old} serves again ({cause}); draining {target}")
 
     # -- ending ----------------------------------------------------------------
 
@@ -440,19 +572,28 @@ class Deployer:
         target = deployment.target
         deployment.error, self.failed_at = cause, at
         self.log.error("deployment %s failed: %s", deployment.id, cause.splitlines()[0])
+        if self.gate is not None:
+            self.gate.closed = True
+            self.gate = None
         if target is None or target.state is not GenerationState.BOOTING or self.reload:
             self._end(deployment, "failed")
             return
-        deployment.record(Phase.STOPPING, f"stopping {target}: {cause.splitlines()[0]}")
-        self.workers.stop(target, cause)
-        self.deadline = self.clock() + STOP_LIMIT
+        if self.rolling is not None:
+            self.rolling.stop(cause)
+            self.rolling = None
+            # Its serving workers drain: they may take the drain limit.
+            self.deadline = self.clock() + self.drain_timeout + BACKSTOP
+        else:
+            deployment.record(Phase.STOPPING, f"stopping {target}: {cause.splitlines()[0]}")
+            self.workers.stop(target, cause)
+            self.deadline = self.clock() + STOP_LIMIT
         self._step(deployment)
 
     def _end(self, deployment: Deployment, outcome: str, message: str | None = None) -> None:
         """The one way a deployment ends."""
         self.current = None
         self.deadline = None
-        self.reload = None
+        self.reload = self.rolling = self.gate = self.bake = None
         if outcome == "succeeded":
             message = message or f"{deployment.target} serves"
             self.log.info("deployment %s: done, %s", deployment.id, message)
@@ -468,9 +609,11 @@ class Deployer:
             deployment.finish(outcome, error.splitlines()[0], error)
         self.steps.record(deployment)
         release = deployment.release
-        if outcome == "failed" and self.failed_at in ("preflight", "boot"):
+        if self.failed_at in ("preflight", "boot", "bake"):
             assert release is not None
             self.steps.mark_failed(release, self.failed_at, deployment.error or "failed")
+        if outcome != "succeeded":
+            self._hook("beamdeploy_deployment_failed", deployment)
         self.prune()
         if outcome == "failed" and self.workers.serving is None and deployment.kind == "boot":
             # The whole cause, worker traceback included: there is no `upgrade` to show it.
@@ -498,6 +641,11 @@ class Deployer:
 
     def _took(self, deployment: Deployment, step: str) -> None:
         deployment.timings[step] = self.clock() - self.since[step]
+
+    def _hook(self, name: str, deployment: Deployment) -> None:
+        """Tell the operator's hook; it cannot change the deployment's course."""
+        if self.steps.has_hook(name):
+            self.steps.hook(name, deployment.describe())
 
     # -- what happened -----------------------------------------------------------
 

@@ -24,8 +24,12 @@ class Phase(str, enum.Enum):
     INSTALLING = "installing"  # an artifact becomes a release in the store
     PREFLIGHT = "preflight"  # the app is imported once
     BOOTING = "booting"  # every worker of the new generation boots
+    CHECKING = "checking"  # the smoke command and the before_promote hook
+    ROLLING = "rolling"  # rolling strategy: new workers replace old ones a few at a time
     PROMOTING = "promoting"  # all READY: each is told to accept
     PROMOTED = "promoted"  # the new generation serves
+    BAKING = "baking"  # the old generation waits, booted, while the new one's answers count
+    ROLLING_BACK = "rolling-back"  # the bake tripped: the old one serves, the new one drains
     DRAINING = "draining"  # the old one stops accepting
     STOPPING = "stopping"  # a failed generation is being stopped
     PLANNING = "planning"  # hot reload: what changes between the two releases, and is it allowed
@@ -36,6 +40,7 @@ class Phase(str, enum.Enum):
     UNDOING = "undoing"  # hot reload: every worker puts the old code back
     DONE = "done"
     FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
 
     def __str__(self) -> str:
         return self.value
@@ -43,8 +48,11 @@ class Phase(str, enum.Enum):
 
 @dataclass
 class Deployment:
-    """Blue-green: [installing ->] [preflight ->] booting -> promoting -> promoted ->
-    draining -> done; or stopping -> failed (or straight to failed) at any step.
+    """Blue-green: [installing ->] [preflight ->] booting -> [checking ->] promoting ->
+    promoted -> [baking ->] draining -> done; or stopping -> failed (or straight
+    to failed) at any step; a bake that trips: rolling-back -> rolled-back.
+    Rolling: [installing ->] rolling [-> checking -> rolling] -> promoted ->
+    draining -> done; or stopping -> failed.
     Hot reload: [installing ->] planning -> preparing -> suspending -> committing ->
     resuming -> done; or [undoing ->] failed."""
 
@@ -89,7 +97,8 @@ class Deployment:
         self.ended_at = time.time()
         self.error = error
         self.outcome = outcome
-        self.record(Phase.DONE if outcome == "succeeded" else Phase.FAILED, message)
+        ends = {"succeeded": Phase.DONE, "rolled-back": Phase.ROLLED_BACK}
+        self.record(ends.get(outcome, Phase.FAILED), message)
         self.listeners.clear()
 
     def describe(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ MAX_OUTBOX = 8 * 1024 * 1024  # replies queued for a worker that does not read
 class GenerationState(str, enum.Enum):
     BOOTING = "booting"
     SERVING = "serving"
+    STANDBY = "standby"  # promoted away from, booted and paused for a bake window
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -115,6 +116,7 @@ class Generation:
     stopped_at: float | None = None
     failure: str | None = None
     crash_streak: int = 0
+    crashes: int = 0  # workers of it that died while it served, ever
     respawn_at: float = 0.0
     ran: list[str] = field(default_factory=list)  # releases hot-reloaded away from, still in use
     private_listener: socket.socket | None = None  # loopback, served from READY on

@@ -30,6 +30,7 @@ from beamdeploy_asgi.arbiter.generation import (
 from beamdeploy_asgi.arbiter.spawn import owner_problem, spawn_worker
 from beamdeploy_asgi.lines import LineTooLong, parse_object
 from beamdeploy_asgi.protocol import (
+    DEPLOY_VERSION,
     HOT_RELOAD_VERSION,
     PROTOCOL_VERSION,
     RESPONSE_CLASSES,
@@ -139,10 +140,25 @@ class WorkerPool:
 
     def start(self, generation: Generation) -> str | None:
         """Spawn every worker of a new generation; the cause if one could not start."""
-        for _ in range(generation.size):
+        return self.grow(generation, generation.size)
+
+    def grow(self, generation: Generation, count: int) -> str | None:
+        """Spawn `count` more workers of a generation; the cause if one could not start."""
+        for _ in range(count):
             if self.spawn(generation) is None:
                 return generation.failure
         return None
+
+    def shrink(self, generation: Generation, count: int) -> None:
+        """Drain `count` serving workers, the oldest first; the generation stays smaller."""
+        generation.size = max(generation.size - count, 0)
+        oldest = sorted(generation.in_state(WorkerState.SERVING), key=lambda w: w.age)
+        for worker in oldest[:count]:
+            self.retire(worker)
+
+    def restore(self, generation: Generation, size: int) -> None:
+        """Give the serving generation back its size; manage() starts what is missing."""
+        generation.size = size
 
     def count(self, generation: Generation, state: WorkerState) -> int:
         return len(generation.in_state(state))
@@ -198,6 +214,11 @@ class WorkerPool:
         for worker in generation.in_state(WorkerState.SERVING):
             worker.send({"cmd": Command.RESUME})
 
+    def can_pause(self, generation: Generation) -> bool:
+        """Whether every serving worker's beamdeploy-asgi knows how to wait paused."""
+        serving = generation.in_state(WorkerState.SERVING)
+        return bool(serving) and all(w.deploy >= DEPLOY_VERSION for w in serving)
+
     def paused(self, generation: Generation) -> int:
         """How many of its workers said they paused (and did not resume since)."""
         return sum(1 for w in generation.workers.values() if w.paused)
@@ -228,13 +249,15 @@ class WorkerPool:
             self._end(generation)
 
     def stop(self, generation: Generation, cause: str) -> None:
-        """A generation that will never serve: stop every worker it has."""
+        """A generation that will never be promoted: stop every worker it has.
+
+        Those that already serve (a stopped rollout's) drain, as any serving worker does.
+        """
         generation.state = GenerationState.FAILED
         generation.failure = cause
         self.close_private(generation)
         for worker in list(generation.workers.values()):
-            if worker.state is not WorkerState.STOPPING:
-                self._stop_unserved(worker)
+            self.retire(worker)
         if not generation.workers:
             self._end(generation)
 
@@ -565,6 +588,7 @@ class WorkerPool:
 
     def _count_crash(self, generation: Generation, stable: bool) -> None:
         """A worker that served `STABLE_AFTER` seconds ends the crash streak."""
+        generation.crashes += 1
         generation.crash_streak = 1 if stable else generation.crash_streak + 1
         delay = backoff(generation.crash_streak)
         generation.respawn_at = self.clock() + delay

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from logging import Logger
 from typing import Any
@@ -18,8 +19,10 @@ from gunicorn.errors import HaltServer
 
 from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall, died
 from beamdeploy_asgi.arbiter.deployment import Deployment
+from beamdeploy_asgi.arbiter.deployment_hooks import DeploymentHooks
 from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
 from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
+from beamdeploy_asgi.protocol import RELEASE_NAME_ENV, RELEASE_VERSION_ENV, SMOKE_URL_ENV
 from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
@@ -27,13 +30,27 @@ from beamdeploy_asgi.releases.store import ReleaseStore
 PLAN_MODULE = "beamdeploy_asgi.reload.plan_task"
 PLAN_TIMEOUT = 120.0
 PLAN_OUTPUT = 4 * 1024 * 1024  # bytes: a plan is a line of at most 1 MiB, warnings aside
+SMOKE_OUTPUT = 16 * 1024 * 1024  # bytes a smoke command may print before it is stopped
+SMOKE_OUTPUT_LINES = 50  # the last lines of its output, kept in the deployment's record
 
 
 class ReleaseSteps:
-    def __init__(self, *, cfg: Any, store: ReleaseStore, tasks: TaskRunner, log: Logger) -> None:
+    def __init__(
+        self,
+        *,
+        cfg: Any,
+        store: ReleaseStore,
+        tasks: TaskRunner,
+        hooks: DeploymentHooks,
+        cwd: str,
+        log: Logger,
+    ) -> None:
+        """`cwd`: where `serve` was started, which the smoke command runs in."""
         self.cfg = cfg
         self.store = store
         self.tasks = tasks
+        self.hooks = hooks
+        self.cwd = cwd
         self.log = log
 
     def install(
@@ -104,6 +121,83 @@ class ReleaseSteps:
             keep_messages=2,  # the result, or the error
             max_output=PLAN_OUTPUT,
         )
+
+    def smoke(
+        self,
+        url: str,
+        release: Release,
+        done: Callable[[str | None, dict[str, Any]], None],
+    ) -> None:
+        """Run --smoke-cmd against the new generation's private address, as the workers' user.
+
+        The command is the operator's; it runs as the workers' user all the
+        same, since what it tests (and may import) is the release's code.
+        """
+        command = self.cfg.smoke_cmd
+        started = time.monotonic()
+
+        def report(task: Task | None, failure: str | None) -> dict[str, Any]:
+            return {
+                "command": command,
+                "url": url,
+                "exit_code": task.returncode if task else None,
+                "took": round(time.monotonic() - started, 3),
+                "output": task.output_tail(SMOKE_OUTPUT_LINES) if task else "",
+                "failure": failure,
+            }
+
+        def exited(task: Task) -> None:
+            if task.failure is not None:
+                failure: str | None = f"stopped: {task.failure}"
+            elif task.returncode == 0:
+                failure = None
+            elif task.returncode is not None and task.returncode < 0:
+                failure = (
+                    f"{command!r} was killed after {self.cfg.smoke_timeout:g}s (--smoke-timeout)"
+                    if time.monotonic() - started >= self.cfg.smoke_timeout
+                    else f"{command!r} was killed by signal {-task.returncode}"
+                )
+            else:
+                failure = f"{command!r} exited with code {task.returncode}"
+            if failure is not None:
+                tail = task.output_tail(3)
+                failure += f"\n{tail}" if tail else ""
+            done(failure, report(task, failure))
+
+        def could_not_start(exc: OSError) -> None:
+            problem = owner_problem(exc, self.cfg, "/bin/sh", self.cwd)
+            failure = f"could not start {command!r}: {problem}"
+            done(failure, report(None, failure))
+
+        env = dict(os.environ)  # the arbiter's, the token already taken out
+        env[SMOKE_URL_ENV] = url
+        env[RELEASE_NAME_ENV] = release.name
+        env[RELEASE_VERSION_ENV] = release.version
+        self.tasks.start(
+            "smoke",
+            ["/bin/sh", "-c", command],
+            on_line=lambda message: None,
+            on_exit=exited,
+            could_not_start=could_not_start,
+            timeout=self.cfg.smoke_timeout,
+            env=env,
+            cwd=self.cwd,
+            owner=worker_owner(self.cfg),
+            keep_messages=1,
+            max_output=SMOKE_OUTPUT,
+        )
+
+    def has_hook(self, name: str) -> bool:
+        return getattr(self.cfg, name) is not self.cfg.settings[name].default
+
+    def hook(
+        self, name: str, record: dict[str, Any], done: Callable[[str | None], None] | None = None
+    ) -> None:
+        self.hooks.call(name, record, done)
+
+    def restored(self, release: Release) -> None:
+        if release.path is not None:
+            self.store.set_current(release.path)
 
     def open_to_workers(self, release: Release) -> str | None:
         if release.path is None or not worker_owner(self.cfg):

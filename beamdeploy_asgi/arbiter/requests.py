@@ -13,6 +13,7 @@ from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import GenerationState
 from beamdeploy_asgi.arbiter.pool import WorkerPool
 from beamdeploy_asgi.arbiter.rollback import rollback_target
+from beamdeploy_asgi.deploy_options import BadOption, DeployOptions
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.releases.release import Release
 from beamdeploy_asgi.releases.store import ReleaseStore
@@ -68,7 +69,21 @@ class ControlRequests:
         return False
 
     def upgrade(self, request: dict[str, Any], conn: Replier) -> None:
-        self._deploy("upgrade", request, conn, preflight=True)
+        options = self._options(request, conn)
+        if options is not None:
+            self._deploy("upgrade", request, conn, preflight=True, options=options)
+
+    def _options(self, request: dict[str, Any], conn: Replier) -> DeployOptions | None:
+        """The deployment's strategy and bake: the defaults with the request's changes."""
+        changes = request.get("options") or {}
+        if not isinstance(changes, dict):
+            conn.fail("bad_request", "'options' must be an object")
+            return None
+        try:
+            return self.deployer.defaults.overridden(changes)
+        except BadOption as exc:
+            conn.fail("bad_request", str(exc))
+            return None
 
     def hot_reload(self, request: dict[str, Any], conn: Replier) -> None:
         timeout = request.get("suspend_timeout", 3.0)
@@ -127,6 +142,9 @@ class ControlRequests:
         if version is not None and (not isinstance(version, str) or not version):
             conn.fail("bad_request", "'to' must be a release version")
             return
+        options = self._options(request, conn)
+        if options is None:
+            return
         if self._refuse_busy(conn):
             return
         serving = self.pool.serving
@@ -144,7 +162,9 @@ class ControlRequests:
         except ReleaseError as exc:
             conn.fail("invalid_release", str(exc))
             return
-        deployment = self.deployer.start("rollback", release=release, preflight=True)
+        deployment = self.deployer.start(
+            "rollback", release=release, preflight=True, options=options
+        )
         self._answer(deployment, request, conn)
 
     def deployment(self, request: dict[str, Any], conn: Replier) -> None:
@@ -205,6 +225,7 @@ class ControlRequests:
             "arbiter": self.describe_arbiter(),
             "serving": self.pool.serving.describe() if self.pool.serving else None,
             "booting": generations(GenerationState.BOOTING),
+            "standby": generations(GenerationState.STANDBY),
             "draining": generations(GenerationState.DRAINING),
             "upgrading": current is not None,
             "deployment": current.describe() if current else None,

@@ -18,9 +18,11 @@ import pytest
 from beamdeploy_asgi.arbiter.deployer import BACKSTOP, STOP_LIMIT, Busy, Deployer
 from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
+from beamdeploy_asgi.deploy_options import DeployOptions
 from beamdeploy_asgi.releases.release import MANIFEST, Release
 
 BOOT_TIMEOUT = 30.0
+CHECK_TIMEOUT = 150.0
 DRAIN_TIMEOUT = 12.0
 SIZE = 2
 
@@ -59,6 +61,8 @@ class FakePool:
         self.members_problem: str | None = None
         self.sent: list[tuple[set[int], dict[str, Any]]] = []
         self.retired: set[int] = set()
+        self.pausable = True
+        self.counts: dict[int, dict[str, int]] = {}
 
     # the Workers interface
     def create(self, rel: Release) -> Generation:
@@ -76,7 +80,7 @@ class FakePool:
         return None
 
     def count(self, generation: Generation, state: WorkerState) -> int:
-        return self.states[generation.number].count(state.value)
+        return self.states.get(generation.number, []).count(state.value)
 
     def live(self, generation: Generation) -> int:
         return len(self.states.get(generation.number, []))
@@ -119,6 +123,41 @@ class FakePool:
 
     def retire_pids(self, generation: Generation, pids: set[int]) -> None:
         self.retired |= pids
+
+    def open_private(self, generation: Generation) -> str:
+        self.calls.append(("open_private", generation.number))
+        return f"http://127.0.0.1:{9000 + generation.number}"
+
+    def grow(self, generation: Generation, count: int) -> str | None:
+        self.calls.append(("grow", generation.number, count))  # type: ignore[arg-type]
+        if self.spawn_error:
+            return self.spawn_error
+        self.states.setdefault(generation.number, []).extend(["booting"] * count)
+        return None
+
+    def shrink(self, generation: Generation, count: int) -> None:
+        self.calls.append(("shrink", generation.number, count))  # type: ignore[arg-type]
+        generation.size -= count
+        states = self.states[generation.number]
+        for _ in range(count):
+            states[states.index("serving")] = "draining"
+        self.accepting[generation.number] -= count
+
+    def restore(self, generation: Generation, size: int) -> None:
+        self.calls.append(("restore", generation.number, size))  # type: ignore[arg-type]
+        generation.size = size
+
+    def pause(self, generation: Generation) -> None:
+        self.calls.append(("pause", generation.number))
+
+    def resume(self, generation: Generation) -> None:
+        self.calls.append(("resume", generation.number))
+
+    def can_pause(self, generation: Generation) -> bool:
+        return self.pausable
+
+    def responses(self, generation: Generation) -> dict[str, int]:
+        return dict(self.counts.get(generation.number, {}))
 
     def answer(self, generation: Generation, **by_pid: dict[str, Any]) -> None:
         """Workers answer the last step sent: `w101={...}`; ok unless told otherwise."""
@@ -180,6 +219,10 @@ class FakeSteps:
         self.marked: list[tuple[str, str, str]] = []
         self.pruned: list[set[str]] = []
         self.plans: list[Any] = []
+        self.smokes: list[tuple[str, Any]] = []
+        self.hooks_set: set[str] = set()
+        self.hook_calls: list[tuple[str, dict[str, Any], Any]] = []
+        self.restores: list[str] = []
 
     def install(self, artifact: str, **callbacks: Any) -> None:
         self.installs.append({"artifact": artifact, **callbacks})
@@ -199,6 +242,18 @@ class FakeSteps:
     def mark_failed(self, rel: Release, phase: str, error: str) -> None:
         self.marked.append((rel.version, phase, error))
 
+    def smoke(self, url: str, rel: Release, done: Any) -> None:
+        self.smokes.append((url, done))
+
+    def has_hook(self, name: str) -> bool:
+        return name in self.hooks_set
+
+    def hook(self, name: str, record: dict[str, Any], done: Any = None) -> None:
+        self.hook_calls.append((name, record, done))
+
+    def restored(self, rel: Release) -> None:
+        self.restores.append(rel.version)
+
     def prune(self, in_use: set[str]) -> None:
         self.pruned.append(in_use)
 
@@ -207,7 +262,7 @@ class FakeSteps:
 
 
 class Rig:
-    def __init__(self) -> None:
+    def __init__(self, defaults: DeployOptions | None = None, smoke: bool = False) -> None:
         self.pool = FakePool()
         self.steps = FakeSteps()
         self.clock = Clock()
@@ -217,6 +272,9 @@ class Rig:
             logging.getLogger("test.deployer"),
             boot_timeout=BOOT_TIMEOUT,
             drain_timeout=DRAIN_TIMEOUT,
+            defaults=defaults,
+            smoke=smoke,
+            check_timeout=CHECK_TIMEOUT,
             clock=self.clock,
             past=[{"id": "earlier", "kind": "upgrade", "outcome": "succeeded"}],
         )
