@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,6 +35,14 @@ SPEC = WorkerSpec(
 def test_a_spec_survives_the_environment():
     assert WorkerSpec.from_json(SPEC.to_json()) == SPEC
     assert json.loads(SPEC.to_json())["protocol"] == PROTOCOL_VERSION
+
+
+def test_the_private_listener_is_part_of_the_spec_and_optional():
+    spec = dataclasses.replace(SPEC, private_listener=9)
+    assert WorkerSpec.from_json(spec.to_json()).private_listener == 9
+    older = json.loads(SPEC.to_json())
+    del older["private_listener"]  # an arbiter from before it
+    assert WorkerSpec.from_json(json.dumps(older)).private_listener is None
 
 
 def test_fields_from_a_newer_arbiter_are_kept_aside():
