@@ -80,6 +80,7 @@ class WorkerServer(uvicorn.Server):
         self.private_connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.paused = False
         self.switching = asyncio.Lock()  # pause and resume, one at a time, in order
+        self.switches: set[asyncio.Task[None]] = set()
         self.letting_go: asyncio.Task[None] | None = None  # a pause's connections
         self.reporting: asyncio.Task[None] | None = None
 
@@ -116,9 +117,15 @@ class WorkerServer(uvicorn.Server):
         elif command.get("cmd") == Command.RELOAD:
             self.runtime.reloads.on_command(command)
         elif command.get("cmd") == Command.PAUSE:
-            asyncio.ensure_future(self.pause())
+            self._switch(self.pause())
         elif command.get("cmd") == Command.RESUME:
-            asyncio.ensure_future(self.resume())
+            self._switch(self.resume())
+
+    def _switch(self, work: Any) -> None:
+        """Run a pause or a resume; the loop keeps only weak references to tasks."""
+        task = asyncio.ensure_future(work)
+        self.switches.add(task)
+        task.add_done_callback(self.switches.discard)
 
     def on_arbiter_lost(self) -> None:
         self.runtime.log.error("the arbiter is gone; draining and exiting")
