@@ -402,7 +402,9 @@ class Deployer:
             self.rolling.step()
             return
         if deployment.phase is Phase.ROLLING_BACK:
-            if self.workers.still_accepting(target) == 0:
+            # Not before its last worker exited: until then, it may still answer
+            # requests already sent on its connections, with the code that failed.
+            if self.workers.live(target) == 0:
                 self._end(deployment, ROLLED_BACK)
             return
         if deployment.phase is Phase.PREFLIGHT and self.workers.count(target, WorkerState.READY):
@@ -448,6 +450,7 @@ class Deployer:
         def passed() -> None:
             self._took(deployment, "checks")
             self.gate = None
+            self.workers.close_private(target)  # the address was for the checks alone
             deployment.record(Phase.ROLLING if self.rolling else Phase.CHECKING, "checks passed")
             self._progressed()
             then()

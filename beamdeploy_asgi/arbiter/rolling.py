@@ -50,6 +50,7 @@ class RollingRun:
         self.checked = False  # the gate passed: new workers may serve
         self.checking = False
         self.retired = 0  # old workers told to drain
+        self.peak = 0  # the most workers of both generations alive at once
         self.stopped: str | None = None  # why the rollout stopped, once it has
         self.shown: tuple[int, int] | None = None
 
@@ -101,6 +102,9 @@ class RollingRun:
             cause = w.grow(self.new, count)
             if cause is not None:
                 self.fail(cause)
+                return
+        self.peak = max(self.peak, w.live(self.old) + w.live(self.new))
+        self.deployment.details["rolling"] = self.describe()
 
     def _show(self) -> None:
         counts = self._counts()
@@ -132,8 +136,8 @@ class RollingRun:
         self.stopped = cause
         replaced = self.workers.count(self.new, WorkerState.SERVING)
         self.deployment.details["rolling"] = {
+            **self.describe(),
             "replaced": replaced,
-            "size": self.size,
             "stopped": cause.splitlines()[0],
         }
         self.deployment.record(
@@ -145,4 +149,9 @@ class RollingRun:
         self.workers.restore(self.old, self.size)
 
     def describe(self) -> dict[str, object]:
-        return {"size": self.size, "max_surge": self.surge, "retired": self.retired}
+        return {
+            "size": self.size,
+            "max_surge": self.surge,
+            "retired": self.retired,
+            "peak_workers": self.peak,
+        }

@@ -14,7 +14,7 @@ from typing import Any
 from beamdeploy_asgi.admin.mount import route_path
 from beamdeploy_asgi.protocol import RESPONSE_CLASSES, Event
 
-REPORT_INTERVAL = 0.25
+REPORT_INTERVAL = 0.1
 
 
 class ResponseCounts:

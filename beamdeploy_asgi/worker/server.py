@@ -163,6 +163,8 @@ class WorkerServer(uvicorn.Server):
             await self._stop_unserved()
         self.public_sockets = list(sockets or [])
         self.servers = await self._listen(self.public_sockets)
+        if self.private_server is not None:
+            self.private_server.close()  # the checks are over: users' requests only, from here
         self.started = True
         runtime.channel.send(Event.SERVING)
         runtime.log.info("%s: serving", runtime.name)

@@ -23,6 +23,7 @@ class LoadResult:
     bodies: Counter[str] = field(default_factory=Counter)
     sequence: list[str] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds)
+    failed_sent_at: list[float] = field(default_factory=list)  # wall clock, one per failure
     elapsed: float = 0.0
 
     @property
@@ -104,15 +105,18 @@ class Load:
                 if result.ok + len(result.failures) >= self.max_requests:
                     break
                 sent = time.monotonic()
+                sent_at = time.time()
                 try:
                     response = await client.get(self.url)
                 except httpx.HTTPError as exc:
                     at = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
                     kind = "keep-alive" if client.headers.get("connection") != "close" else "close"
                     result.failures.append(f"{at} {kind} {type(exc).__name__}: {exc}")
+                    result.failed_sent_at.append(sent_at)
                     continue
                 if response.status_code != 200:
                     result.failures.append(f"HTTP {response.status_code}: {response.text[:100]}")
+                    result.failed_sent_at.append(sent_at)
                     continue
                 result.ok += 1
                 key = response.text.split(" ", 1)[0]

@@ -89,7 +89,8 @@ class ServerProcess:
 
     def status(self) -> dict[str, Any]:
         status = api_status(state_dir=self.state_dir)
-        for gen in [status["serving"], *status["booting"], *status["draining"]]:
+        standby = status.get("standby", [])
+        for gen in [status["serving"], *status["booting"], *standby, *status["draining"]]:
             if gen:
                 self.seen_pids.update(w["pid"] for w in gen["workers"])
         return status

@@ -287,6 +287,8 @@ def test_too_many_5xx_during_the_bake_roll_back_at_once():
     assert rig.steps.restores == ["1.0"]
     assert deployment.details["bake"]["errors"] == 10
     rig.pool.stop_accepting(new)
+    assert deployment.phase is Phase.ROLLING_BACK, "until its last worker is gone"
+    rig.pool.exit_all(new)
     assert deployment.outcome == "rolled-back"
     assert deployment.phase is Phase.ROLLED_BACK
     assert deployment.error.startswith("bake: 10 of 20 responses were 5xx (50%)")

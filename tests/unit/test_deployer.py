@@ -128,6 +128,9 @@ class FakePool:
         self.calls.append(("open_private", generation.number))
         return f"http://127.0.0.1:{9000 + generation.number}"
 
+    def close_private(self, generation: Generation) -> None:
+        self.calls.append(("close_private", generation.number))
+
     def grow(self, generation: Generation, count: int) -> str | None:
         self.calls.append(("grow", generation.number, count))  # type: ignore[arg-type]
         if self.spawn_error:
