@@ -13,6 +13,7 @@ from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import (
     hot_reload_request,
+    reexec_request,
     rollback_request,
     simple_request,
     state_dir_path,
@@ -139,7 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         "code changes; requests still running then fail the reload, nothing applied "
         "(default: 3)",
     )
-    for deploying in (upgrade, rollback, hot_reload):
+    reexec = command(
+        "reexec",
+        "replace the arbiter itself, e.g. after upgrading beamdeploy-asgi",
+        "Start a new arbiter from the running arbiter's interpreter and command line, "
+        "handing it the listening sockets: it boots the current release, and once its "
+        "workers serve it takes over the control socket and the pidfile while the old "
+        "arbiter drains its workers and exits (also: kill -USR2 <arbiter pid>). Exits 0 "
+        "once the new arbiter has taken over, 1 with the cause if it could not (the old "
+        "arbiter then serves on).",
+    )
+    for deploying in (upgrade, rollback, hot_reload, reexec):
         talks_to_arbiter(deploying, "print the deployment record as JSON instead of the phases")
         deploying.add_argument(
             "--no-wait",
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=run_upgrade)
     rollback.set_defaults(run=run_rollback)
     hot_reload.set_defaults(run=run_hot_reload)
+    reexec.set_defaults(run=run_reexec)
 
     status = command(
         "status",
@@ -300,6 +312,10 @@ def format_plan(plan: dict[str, Any]) -> str:
 def run_rollback(client: ControlClient, options: argparse.Namespace) -> int:
     request = rollback_request(options.to or None, follow=not options.no_wait)
     return follow_deployment(client, request, options)
+
+
+def run_reexec(client: ControlClient, options: argparse.Namespace) -> int:
+    return follow_deployment(client, reexec_request(follow=not options.no_wait), options)
 
 
 def follow_deployment(client: ControlClient, request: dict, options: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from beamdeploy_asgi.releases.release import Release
 
 KEPT_DEPLOYMENTS = 50
 HOT_RELOAD = "hot-reload"
+FIRST_BOOTS = ("boot", "reexec")  # an arbiter's first generation: if it fails, the arbiter stops
 # The pool holds each worker to its own deadline; the machine's come this
 # much later, so that a deployment ends even if a worker's end is never seen.
 BACKSTOP = 2.0
@@ -171,17 +172,21 @@ class Deployer:
         remove_after: bool = False,
         dry_run: bool = False,
         suspend_timeout: float = 3.0,
+        deployment_id: str | None = None,
     ) -> Deployment:
         """Start a deployment, or raise Busy: one runs at a time.
 
         `kind` "hot-reload" patches the serving generation instead of booting
-        a new one (`dry_run` stops after the plan).
+        a new one (`dry_run` stops after the plan). `deployment_id`: a reexec'd
+        arbiter records its boot under the id of the old arbiter's reexec.
         """
         if self.current is not None:
             raise Busy(self.current)
         deployment = Deployment(
             kind=kind, previous=self.workers.serving, release=release, artifact=artifact
         )
+        if deployment_id is not None:
+            deployment.id = deployment_id
         self.current = deployment
         self.deployments.append(deployment)
         self._reset()
@@ -450,6 +455,7 @@ class Deployer:
         self.current = None
         self.deadline = None
         self.reload = None
+        kind = deployment.kind
         if outcome == "succeeded":
             message = message or f"{deployment.target} serves"
             self.log.info("deployment %s: done, %s", deployment.id, message)
@@ -465,11 +471,12 @@ class Deployer:
             deployment.finish(outcome, error.splitlines()[0], error)
         self.steps.record(deployment)
         release = deployment.release
-        if outcome == "failed" and self.failed_at in ("preflight", "boot"):
+        # A reexec'd arbiter's boot failing says nothing of the release the old one serves.
+        if outcome == "failed" and self.failed_at in ("preflight", "boot") and kind != "reexec":
             assert release is not None
             self.steps.mark_failed(release, self.failed_at, deployment.error or "failed")
         self.prune()
-        if outcome == "failed" and self.workers.serving is None and deployment.kind == "boot":
+        if outcome == "failed" and self.workers.serving is None and kind in FIRST_BOOTS:
             # The whole cause, worker traceback included: there is no `upgrade` to show it.
             self.steps.halt(f"the first generation failed to boot: {deployment.error}")
 
