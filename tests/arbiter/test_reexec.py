@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+import beamdeploy_asgi
 from tests.support.load import Load
 from tests.support.releases import versioned_app
 from tests.support.server import ServerProcess, alive
@@ -136,18 +137,18 @@ def test_reexec_that_cannot_start_leaves_the_old_arbiter_serving(serve, releases
     assert (record["kind"], record["outcome"]) == ("reexec", "failed")
     assert "half-edited config" in record["error"]
     assert not (server.state_dir / "control.next.sock").exists()
-    # Fixed, it goes through.
+    # Fixed, it goes through (here through the Python API).
     config.write_text("graceful_timeout = 10\n")
-    done = server.cli("reexec")
-    assert done.returncode == 0, done.stderr
-    server.wait_for(lambda s: s["arbiter"]["pid"] != old)
+    done = beamdeploy_asgi.reexec(state_dir=server.state_dir)
+    assert done["outcome"] == "succeeded" and done["old_arbiter_pid"] == old
+    server.wait_for(lambda s: s["arbiter"]["pid"] == done["new_arbiter_pid"])
 
 
 def test_successor_killed_during_its_boot_is_reported(serve, releases):
     server = serve("--workers", "1", "--release", str(releases.custom("slow-boot", SLOW_BOOT)))
     old = server.status()["arbiter"]["pid"]
-    started = server.cli("reexec", "--no-wait")
-    assert started.returncode == 0, started.stderr
+    started = beamdeploy_asgi.reexec(wait=False, state_dir=server.state_dir)
+    assert started["phase"] == "booting"
     status = server.wait_for(lambda s: s["reexec"] and s["reexec"]["pid"])
     new = status["reexec"]["pid"]
     os.kill(new, signal.SIGKILL)
