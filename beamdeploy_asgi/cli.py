@@ -422,6 +422,12 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
             f"{deployment.get('kind', 'upgrade')} in progress: {deployment['id']} "
             f"({deployment['phase']}) to {release_label(deployment.get('to'))}"
         )
+    reexec = status.get("reexec")
+    if reexec:
+        lines.append(
+            f"reexec in progress: {reexec['id']} ({reexec['phase']}), "
+            f"new arbiter pid {reexec.get('pid') or '-'}"
+        )
     if status["deployments"]:
         lines.append("recent deployments:")
         for past in status["deployments"][:5]:

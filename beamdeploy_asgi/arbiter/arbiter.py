@@ -131,6 +131,7 @@ class BeamArbiter(Arbiter):
     def start(self) -> None:
         if self.handover is not None:
             self.handover.adopt_stderr()
+            self.handover.connect(self.selector)  # from now on, failures are said there
         self.log.info("Starting beamdeploy-asgi %s (gunicorn %s)", __version__, gunicorn_version)
         self.pid = os.getpid()
         if self.cfg.pidfile is not None and self.handover is None:  # else: at the takeover
@@ -191,7 +192,6 @@ class BeamArbiter(Arbiter):
         self.log.info("Control socket: %s until this arbiter takes over", path)
         state_dir_setup.close_interrupted(self.store, self.deployer.past, self.log)
         handover.take_over = self._take_over
-        handover.connect(self.selector)
 
     def _take_over(self, message: dict[str, Any]) -> None:
         """The old arbiter lets go: the control socket's name and the pidfile are ours."""

@@ -151,6 +151,9 @@ def test_successor_killed_during_its_boot_is_reported(serve, releases):
     assert started["phase"] == "booting"
     status = server.wait_for(lambda s: s["reexec"] and s["reexec"]["pid"])
     new = status["reexec"]["pid"]
+    shown = server.cli("status").stdout
+    assert f"reexec in progress: {started['id']} (" in shown
+    assert f"new arbiter pid {new}" in shown
     os.kill(new, signal.SIGKILL)
     status = server.wait_for(lambda s: s["reexec"] is None)
     record = status["deployments"][0]
