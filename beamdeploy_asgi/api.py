@@ -17,6 +17,7 @@ from beamdeploy_asgi.errors import DeploymentFailed, NotEnabledError
 from beamdeploy_asgi.protocol import (
     CONTROL_ENV,
     hot_reload_request,
+    reexec_request,
     rollback_request,
     simple_request,
     state_dir_path,
@@ -156,6 +157,31 @@ def hot_reload(
         suspend_timeout=suspend_timeout,
     )
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
+    if wait and result.get("outcome") != "succeeded":
+        raise DeploymentFailed(result)
+    return result
+
+
+def reexec(
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Replace the arbiter with a new one started from its own interpreter and command line.
+
+    This is how an upgraded beamdeploy-asgi (``pip install -U`` in the
+    arbiter's environment) takes effect without a restart: the new arbiter
+    boots the current release on the same listening sockets, then the old
+    one drains and exits. With `wait` this returns once the new arbiter has
+    taken over (``new_arbiter_pid`` in the result), and raises
+    DeploymentFailed with the cause if it could not; the old arbiter then
+    serves on. Blocking: from async code, call it in a thread.
+    """
+    result = _client(state_dir).request(
+        reexec_request(follow=wait), on_event=on_event, timeout=timeout
+    )
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)
     return result

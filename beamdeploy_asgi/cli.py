@@ -15,6 +15,7 @@ from beamdeploy_asgi.control import ControlClient, socket_path
 from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import (
     hot_reload_request,
+    reexec_request,
     rollback_request,
     simple_request,
     state_dir_path,
@@ -141,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         "code changes; requests still running then fail the reload, nothing applied "
         "(default: 3)",
     )
+    reexec = command(
+        "reexec",
+        "replace the arbiter itself, e.g. after upgrading beamdeploy-asgi",
+        "Start a new arbiter from the running arbiter's interpreter and command line, "
+        "handing it the listening sockets: it boots the current release, and once its "
+        "workers serve it takes over the control socket and the pidfile while the old "
+        "arbiter drains its workers and exits (also: kill -USR2 <arbiter pid>). Exits 0 "
+        "once the new arbiter has taken over, 1 with the cause if it could not (the old "
+        "arbiter then serves on).",
+    )
     for swapping in (upgrade, rollback):
         swapping.add_argument(
             "--strategy",
@@ -168,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=option_type(deploy_options.bake_max_error_rate, float),
             help="the share of 5xx answers (over at least 20) that rolls back (default 0.05)",
         )
-    for deploying in (upgrade, rollback, hot_reload):
+    for deploying in (upgrade, rollback, hot_reload, reexec):
         talks_to_arbiter(deploying, "print the deployment record as JSON instead of the phases")
         deploying.add_argument(
             "--no-wait",
@@ -182,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=run_upgrade)
     rollback.set_defaults(run=run_rollback)
     hot_reload.set_defaults(run=run_hot_reload)
+    reexec.set_defaults(run=run_reexec)
 
     status = command(
         "status",
@@ -355,6 +367,10 @@ def run_rollback(client: ControlClient, options: argparse.Namespace) -> int:
     return follow_deployment(client, request, options)
 
 
+def run_reexec(client: ControlClient, options: argparse.Namespace) -> int:
+    return follow_deployment(client, reexec_request(follow=not options.no_wait), options)
+
+
 def follow_deployment(client: ControlClient, request: dict, options: argparse.Namespace) -> int:
 
     def progress(event: dict[str, Any]) -> None:
@@ -459,6 +475,12 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
         lines.append(
             f"{deployment.get('kind', 'upgrade')} in progress: {deployment['id']} "
             f"({deployment['phase']}) to {release_label(deployment.get('to'))}"
+        )
+    reexec = status.get("reexec")
+    if reexec:
+        lines.append(
+            f"reexec in progress: {reexec['id']} ({reexec['phase']}), "
+            f"new arbiter pid {reexec.get('pid') or '-'}"
         )
     if status["deployments"]:
         lines.append("recent deployments:")

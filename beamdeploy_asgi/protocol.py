@@ -189,6 +189,10 @@ def hot_reload_request(
     return request
 
 
+def reexec_request(*, follow: bool) -> dict[str, Any]:
+    return {"op": "reexec", "follow": follow}
+
+
 def deployment_request(deployment_id: str, *, follow: bool = False) -> dict[str, Any]:
     request: dict[str, Any] = {"op": "deployment", "id": deployment_id}
     if follow:

@@ -31,25 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import beamdeploy_asgi  # noqa: E402
+from benchmarks.common import children, percentile, start_gunicorn, stop_group, window  # noqa: E402
 from tests.support.load import Load, LoadResult  # noqa: E402
 from tests.support.releases import ReleaseFactory, build_wheel, versioned_app  # noqa: E402
 from tests.support.server import ServerProcess, free_port  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def window(result: LoadResult, start: float, end: float) -> list[float]:
-    return [latency * 1000 for sent, latency in result.latencies if start <= sent < end]
 
 
 class Measurement:
@@ -108,46 +96,15 @@ def measure_beamdeploy(work: Path, v1: Path, v2: Path, args: argparse.Namespace)
     return measurement
 
 
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found.update(int(c) for c in (task / "children").read_text().split())
-        except FileNotFoundError:
-            continue  # a thread of the master that just ended
-    return found
-
-
 def measure_gunicorn_hup(work: Path, args: argparse.Namespace) -> Measurement:
     measurement = Measurement("gunicorn HUP")
     appdir = work / "gunicorn-app"
     appdir.mkdir(parents=True)
     (appdir / "main.py").write_text(versioned_app("v1"))
     port = free_port()
-    log = open(work / "gunicorn.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            "uvicorn_worker.UvicornWorker",
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "main:app",
-        ],
-        cwd=appdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_gunicorn(appdir, port, work / "gunicorn.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(url)
-        while len(children(proc.pid)) < 2:
-            time.sleep(0.05)
         load = load_for(url, args)
         load.start()
         time.sleep(args.before)
@@ -164,24 +121,8 @@ def measure_gunicorn_hup(work: Path, args: argparse.Namespace) -> Measurement:
         time.sleep(args.after)
         measurement.result = load.stop()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stop_group(proc)
     return measurement
-
-
-def wait_until_up(url: str) -> None:
-    for _ in range(300):
-        try:
-            httpx.get(url)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} never answered")
 
 
 def print_under_load(beam: Measurement, hup: Measurement, args: argparse.Namespace) -> None:

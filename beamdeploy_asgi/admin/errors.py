@@ -30,6 +30,7 @@ CONTROL_STATUS = {
     "path_not_allowed": 403,
     "not_found": 404,
     "upgrade_in_progress": 409,
+    "reexec_in_progress": 409,  # the arbiter is being replaced
     "invalid_release": 422,
     "no_release": 409,
     "unavailable": 503,

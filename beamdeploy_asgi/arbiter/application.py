@@ -16,6 +16,7 @@ from pathlib import Path
 from gunicorn import util
 from gunicorn.errors import ConfigError
 
+from beamdeploy_asgi.arbiter.reexec_spec import peek_spec
 from beamdeploy_asgi.config import WORKER_CLASS, Configuration
 from beamdeploy_asgi.errors import ReleaseError
 from beamdeploy_asgi.protocol import DAEMONIZED_ENV
@@ -38,7 +39,16 @@ class BeamApplication(Configuration):
         super().__init__(argv, prog)
 
     def first_release(self) -> Release | Path:
-        """--release (a directory or an artifact), else STATE_DIR/current, else APP_MODULE."""
+        """--release (a directory or an artifact), else STATE_DIR/current, else APP_MODULE.
+
+        An arbiter started by a reexec boots what the old one served instead.
+        """
+        try:
+            reexec = peek_spec(os.environ)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if reexec is not None and reexec.release:
+            return Release.load(reexec.release)
         if self.cfg.release:
             if Path(self.cfg.release).is_file():
                 return Path(self.cfg.release).resolve()

@@ -31,6 +31,7 @@ from beamdeploy_asgi.arbiter.control_server import ControlConnection, ControlSer
 from beamdeploy_asgi.arbiter.deployer import Deployer
 from beamdeploy_asgi.arbiter.deployment_hooks import DeploymentHooks
 from beamdeploy_asgi.arbiter.generation import GenerationState, WorkerProcess
+from beamdeploy_asgi.arbiter.handover import Handover
 from beamdeploy_asgi.arbiter.listeners import (
     ListenError,
     bind_listeners,
@@ -38,6 +39,8 @@ from beamdeploy_asgi.arbiter.listeners import (
     describe,
 )
 from beamdeploy_asgi.arbiter.pool import KILL_MARGIN, SpawnContext, WorkerPool
+from beamdeploy_asgi.arbiter.reexec import Reexec, ReexecRefused
+from beamdeploy_asgi.arbiter.reexec_spec import REEXEC_ENV, peek_spec, write_pidfile
 from beamdeploy_asgi.arbiter.release_steps import ReleaseSteps
 from beamdeploy_asgi.arbiter.requests import ControlRequests
 from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
@@ -65,6 +68,10 @@ class BeamArbiter(Arbiter):
         # Read once and kept here alone: no child process inherits it.
         token = admin_token(self.cfg)
         os.environ.pop(TOKEN_ENV, None)
+        # Started by an arbiter's reexec: it hands over to this one (see handover.py).
+        spec = peek_spec(os.environ)
+        os.environ.pop(REEXEC_ENV, None)
+        self.handover = Handover(spec, self.log) if spec is not None else None
 
         self.tasks = TaskRunner(self.selector, self.log)
         self.hooks = DeploymentHooks(self.cfg, self.log, server=self, wake=self._wake)
@@ -107,13 +114,17 @@ class BeamArbiter(Arbiter):
             check_timeout=self.cfg.smoke_timeout + self.cfg.hook_timeout,
             past=self.store.history(),
         )
+        if spec is not None:
+            self.deployer.previous_release = spec.previous_release
         self.pool.listener = self.deployer
+        self.reexec = Reexec(self, token=token)
         self.requests = ControlRequests(
             deployer=self.deployer,
             pool=self.pool,
             store=self.store,
             keep_releases=self.cfg.keep_releases,
             describe_arbiter=self.describe,
+            reexec=self.reexec,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -132,9 +143,12 @@ class BeamArbiter(Arbiter):
     # -- start and stop -------------------------------------------------
 
     def start(self) -> None:
+        if self.handover is not None:
+            self.handover.adopt_stderr()
+            self.handover.connect(self.selector)  # from now on, failures are said there
         self.log.info("Starting beamdeploy-asgi %s (gunicorn %s)", __version__, gunicorn_version)
         self.pid = os.getpid()
-        if self.cfg.pidfile is not None:
+        if self.cfg.pidfile is not None and self.handover is None:  # else: at the takeover
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         self.cfg.on_starting(self)
@@ -143,7 +157,8 @@ class BeamArbiter(Arbiter):
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, None)
         try:
-            self.LISTENERS = bind_listeners(self.cfg, self.log)
+            inherited = self.handover.spec.listeners if self.handover else None
+            self.LISTENERS = bind_listeners(self.cfg, self.log, inherited)
         except ListenError as exc:
             raise HaltServer(str(exc), 1) from None
         self.pool.context.listeners = self.LISTENERS
@@ -155,6 +170,9 @@ class BeamArbiter(Arbiter):
 
     def _open_control(self) -> None:
         state_dir_setup.prepare(self.store, self.cfg, self.log)
+        if self.handover is not None:
+            self._open_control_aside(self.handover)
+            return
         if os.path.exists(self.control_path):
             try:
                 ControlClient(self.control_path, timeout=2).request(simple_request("ping"))
@@ -178,14 +196,61 @@ class BeamArbiter(Arbiter):
         self.log.info("Control socket: %s", self.control_path)
         state_dir_setup.close_interrupted(self.store, self.deployer.past, self.log)
 
-    def run(self) -> None:
+    def _open_control_aside(self, handover: Handover) -> None:
+        """A reexec'd arbiter listens at a name of its own until it takes over."""
+        path = handover.spec.control_path
         try:
-            self.start()
-            first = self.app.release
+            self.control = ControlServer(path, self.selector, self.handle_control, self.log)
+        except OSError as exc:
+            raise HaltServer(f"cannot listen on {path}: {exc}", 1) from None
+        self.log.info("Control socket: %s until this arbiter takes over", path)
+        state_dir_setup.close_interrupted(self.store, self.deployer.past, self.log)
+        handover.take_over = self._take_over
+
+    def _take_over(self, message: dict[str, Any]) -> None:
+        """The old arbiter lets go: the control socket's name and the pidfile are ours."""
+        assert self.control is not None
+        try:
+            os.replace(str(self.control.path), self.control_path)
+        except OSError as exc:
+            raise HaltServer(f"cannot take over {self.control_path}: {exc}", 1) from None
+        self.control.path = self.control_path
+        self.log.info("Control socket: %s", self.control_path)
+        pidfile = message.get("pidfile")
+        if isinstance(pidfile, str) and pidfile:
+            try:
+                write_pidfile(pidfile, self.pid)
+            except OSError as exc:
+                self.log.error("cannot write the pidfile %s: %s", pidfile, exc)
+            self.pidfile = Pidfile(pidfile)
+            self.pidfile.pid = self.pid
+
+    def _first_boot(self) -> None:
+        first = self.app.release
+        if self.handover is None:
             if isinstance(first, Release):
                 self.deployer.start("boot", release=first)
             else:
                 self.deployer.start("boot", artifact=str(first))
+            return
+        spec = self.handover.spec
+        if isinstance(first, Release):
+            deployment = self.deployer.start(
+                "reexec", release=first, deployment_id=spec.deployment_id
+            )
+            deployment.from_release = first  # the same release, under the old arbiter
+        else:
+            deployment = self.deployer.start(
+                "reexec", artifact=str(first), deployment_id=spec.deployment_id
+            )
+        deployment.details["old_arbiter_pid"] = spec.parent
+        deployment.details["new_arbiter_pid"] = self.pid
+        self.handover.follow(deployment)
+
+    def run(self) -> None:
+        try:
+            self.start()
+            self._first_boot()
             while True:
                 self.loop_once()
         except (StopIteration, KeyboardInterrupt):
@@ -196,12 +261,16 @@ class BeamArbiter(Arbiter):
             raise
         except Exception:
             self.log.error("Unhandled exception in main loop", exc_info=True)
+            if self.handover is not None:
+                self.handover.failed("unhandled exception in the new arbiter; see its log")
             self.stop(False)
             if self.pidfile is not None:
                 self.pidfile.unlink()
             sys.exit(-1)
 
     def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        if self.handover is not None:
+            self.handover.failed(reason or "it was told to stop")
         self.stop()
         log = self.log.info if exit_status == 0 else self.log.error
         log("Shutting down: %s", self.master_name)
@@ -218,6 +287,7 @@ class BeamArbiter(Arbiter):
         pool.stopping = True
         self.tasks.kill_all()
         self.deployer.abandon("the arbiter is shutting down")
+        self.reexec.abandon()
         limit = time.monotonic() + (self.cfg.graceful_timeout + KILL_MARGIN if graceful else 2.0)
         if graceful:
             for worker in pool.workers():
@@ -241,7 +311,7 @@ class BeamArbiter(Arbiter):
         while pool.workers():
             self.reap_workers()
             time.sleep(0.01)
-        close_listeners(self.LISTENERS)
+        close_listeners(self.LISTENERS, unlink=not self.reexec.handed_over)
         self.LISTENERS = []
         if self.control is not None:
             self.control.close()
@@ -252,6 +322,7 @@ class BeamArbiter(Arbiter):
     def loop_once(self) -> None:
         busy = (
             self.deployer.current is not None
+            or self.reexec.current is not None
             or bool(self.tasks.running)
             or self.hooks.waiting
             or any(g.state is not GenerationState.SERVING for g in self.pool.generations)
@@ -280,9 +351,12 @@ class BeamArbiter(Arbiter):
         self.reap_workers()
         self.tasks.check()
         self.hooks.check()
+        self.reexec.tick()
         self.pool.check(self.timeout)
         self.deployer.tick()
         self.pool.manage()
+        if self.reexec.handed_over:
+            raise StopIteration  # halt(): drain the workers, exit
 
     def reap_workers(self) -> None:
         """Reap every child that exited: a worker, or a helper task."""
@@ -295,7 +369,11 @@ class BeamArbiter(Arbiter):
                 raise
             if not pid:
                 return
-            if not self.tasks.exited(pid, status) and not self.pool.exited(pid, status):
+            if (
+                not self.tasks.exited(pid, status)
+                and not self.pool.exited(pid, status)
+                and not self.reexec.exited(pid, status)
+            ):
                 self.log.debug("Reaped unknown child process %s", pid)
 
     def _wake(self) -> None:
@@ -336,6 +414,9 @@ class BeamArbiter(Arbiter):
         if serving is None or self.deployer.current is not None:
             self.log.warning("HUP ignored: a deployment is in progress")
             return
+        if self.reexec.busy():
+            self.log.warning("HUP ignored: %s", self.reexec.busy())
+            return
         self.deployer.start("restart", release=serving.release)
 
     def handle_ttin(self) -> None:
@@ -352,7 +433,11 @@ class BeamArbiter(Arbiter):
         self.pool.signal_all(signal.SIGUSR1)
 
     def handle_usr2(self) -> None:
-        self.log.warning("USR2 ignored: beamdeploy swaps releases with `beamdeploy upgrade`")
+        """USR2 is `beamdeploy reexec`; the outcome is logged (see arbiter/reexec.py)."""
+        try:
+            self.reexec.start()
+        except ReexecRefused as exc:
+            self.log.warning("USR2 ignored: %s", exc.detail)
 
     def handle_winch(self) -> None:
         self.log.debug("WINCH ignored")

@@ -116,7 +116,7 @@ class ControlServer:
         handler: Handler,
         log: Any,
     ) -> None:
-        self.path = path
+        self.path: str | None = path
         self.log = log
         self.selector = selector
         self.handler = handler
@@ -142,12 +142,17 @@ class ControlServer:
         self.connections.add(connection)
         self.selector.register(sock, selectors.EVENT_READ, connection)
 
+    def give_up_name(self) -> None:
+        """Another arbiter's socket has this path now (a reexec): close() leaves it alone."""
+        self.path = None
+
     def close(self) -> None:
         for connection in list(self.connections):
             connection.close()
         self.selector.unregister(self.sock)
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -46,6 +46,7 @@ from beamdeploy_asgi.releases.release import Release
 KEPT_DEPLOYMENTS = 50
 HOT_RELOAD = "hot-reload"
 ROLLED_BACK = "rolled-back"
+FIRST_BOOTS = ("boot", "reexec")  # an arbiter's first generation: if it fails, the arbiter stops
 # The pool holds each worker to its own deadline; the machine's come this
 # much later, so that a deployment ends even if a worker's end is never seen.
 BACKSTOP = 2.0
@@ -121,18 +122,22 @@ class Deployer:
         dry_run: bool = False,
         suspend_timeout: float = 3.0,
         options: DeployOptions | None = None,
+        deployment_id: str | None = None,
     ) -> Deployment:
         """Start a deployment, or raise Busy: one runs at a time.
 
         `kind` "hot-reload" patches the serving generation instead of booting
         a new one (`dry_run` stops after the plan). `options` (strategy, bake)
-        replace the defaults for this deployment.
+        replace the defaults for this deployment. `deployment_id`: a reexec'd
+        arbiter records its boot under the id of the old arbiter's reexec.
         """
         if self.current is not None:
             raise Busy(self.current)
         deployment = Deployment(
             kind=kind, previous=self.workers.serving, release=release, artifact=artifact
         )
+        if deployment_id is not None:
+            deployment.id = deployment_id
         self.current = deployment
         self.deployments.append(deployment)
         self._reset()
@@ -597,6 +602,7 @@ class Deployer:
         self.current = None
         self.deadline = None
         self.reload = self.rolling = self.gate = self.bake = None
+        kind = deployment.kind
         if outcome == "succeeded":
             message = message or f"{deployment.target} serves"
             self.log.info("deployment %s: done, %s", deployment.id, message)
@@ -612,13 +618,14 @@ class Deployer:
             deployment.finish(outcome, error.splitlines()[0], error)
         self.steps.record(deployment)
         release = deployment.release
-        if self.failed_at in ("preflight", "boot", "bake"):
+        # A reexec'd arbiter's boot failing says nothing of the release the old one serves.
+        if self.failed_at in ("preflight", "boot", "bake") and kind != "reexec":
             assert release is not None
             self.steps.mark_failed(release, self.failed_at, deployment.error or "failed")
         if outcome != "succeeded":
             self._hook("beamdeploy_deployment_failed", deployment)
         self.prune()
-        if outcome == "failed" and self.workers.serving is None and deployment.kind == "boot":
+        if outcome == "failed" and self.workers.serving is None and kind in FIRST_BOOTS:
             # The whole cause, worker traceback included: there is no `upgrade` to show it.
             self.steps.halt(f"the first generation failed to boot: {deployment.error}")
 

@@ -23,11 +23,14 @@ class ListenError(Exception):
     """An address could not be listened on; the message says which and why."""
 
 
-def bind_listeners(cfg: Any, log: Any) -> list[socket.socket]:
-    inherited = systemd.listen_fds()
+def bind_listeners(cfg: Any, log: Any, inherited: list[int] | None = None) -> list[socket.socket]:
+    """`inherited`: the fds of the sockets an arbiter passed on at a reexec (see reexec_spec)."""
     if inherited:
+        return [_adopt(fd) for fd in inherited]
+    inherited_count = systemd.listen_fds()
+    if inherited_count:
         first = systemd.SD_LISTEN_FDS_START
-        return [socket.socket(fileno=fd) for fd in range(first, first + inherited)]
+        return [socket.socket(fileno=fd) for fd in range(first, first + inherited_count)]
     bound: list[socket.socket] = []
     try:
         for address in cfg.address:
@@ -36,6 +39,12 @@ def bind_listeners(cfg: Any, log: Any) -> list[socket.socket]:
         close_listeners(bound)
         raise
     return bound
+
+
+def _adopt(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)  # workers get it through pass_fds, nothing else does
+    return sock
 
 
 def _bind(address: Any, cfg: Any) -> socket.socket:
@@ -170,9 +179,10 @@ def describe(sock: socket.socket) -> str:
     return f"http://{name[0]}:{name[1]}"
 
 
-def close_listeners(listeners: list[socket.socket]) -> None:
+def close_listeners(listeners: list[socket.socket], unlink: bool = True) -> None:
+    """Close them; `unlink` a unix socket's path too, unless a successor serves on it."""
     for sock in listeners:
-        path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        path = sock.getsockname() if sock.family == socket.AF_UNIX and unlink else None
         sock.close()
         if isinstance(path, str) and path:
             try:

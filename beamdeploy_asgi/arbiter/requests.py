@@ -12,6 +12,7 @@ from beamdeploy_asgi.arbiter.deployer import Busy, Deployer
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import GenerationState
 from beamdeploy_asgi.arbiter.pool import WorkerPool
+from beamdeploy_asgi.arbiter.reexec import Reexec, ReexecRefused
 from beamdeploy_asgi.arbiter.rollback import rollback_target
 from beamdeploy_asgi.deploy_options import BadOption, DeployOptions
 from beamdeploy_asgi.errors import ReleaseError
@@ -30,12 +31,14 @@ class ControlRequests:
         store: ReleaseStore,
         keep_releases: int,
         describe_arbiter: Callable[[], dict[str, Any]],
+        reexec: Reexec | None = None,
     ) -> None:
         self.deployer = deployer
         self.pool = pool
         self.store = store
         self.keep_releases = keep_releases
         self.describe_arbiter = describe_arbiter
+        self.reexecs = reexec
 
     def handle(self, request: dict[str, Any], conn: Replier) -> None:
         op = request["op"]
@@ -49,6 +52,8 @@ class ControlRequests:
             self.hot_reload(request, conn)
         elif op == "rollback":
             self.rollback(request, conn)
+        elif op == "reexec" and self.reexecs is not None:
+            self.reexec(request, conn)
         elif op == "releases":
             conn.reply(self.releases())
         elif op == "deployments":
@@ -59,6 +64,10 @@ class ControlRequests:
             conn.fail("unknown_op", f"unknown control operation {op!r}")
 
     def _refuse_busy(self, conn: Replier) -> bool:
+        replaced = self.reexecs.busy() if self.reexecs is not None else None
+        if replaced is not None:
+            conn.fail("reexec_in_progress", replaced)
+            return True
         current = self.deployer.current
         if current is not None:
             conn.fail("upgrade_in_progress", str(Busy(current)))
@@ -167,6 +176,16 @@ class ControlRequests:
         )
         self._answer(deployment, request, conn)
 
+    def reexec(self, request: dict[str, Any], conn: Replier) -> None:
+        """Replace the arbiter by a new one started the same way (see arbiter/reexec.py)."""
+        assert self.reexecs is not None
+        try:
+            deployment = self.reexecs.start()
+        except ReexecRefused as exc:
+            conn.fail(exc.code, exc.detail)
+            return
+        self._answer(deployment, request, conn)
+
     def deployment(self, request: dict[str, Any], conn: Replier) -> None:
         found = self.deployer.find(request.get("id"))
         if found is None:
@@ -229,5 +248,6 @@ class ControlRequests:
             "draining": generations(GenerationState.DRAINING),
             "upgrading": current is not None,
             "deployment": current.describe() if current else None,
+            "reexec": self.reexecs.describe() if self.reexecs is not None else None,
             "deployments": self.deployer.recent(limit=10),
         }

@@ -24,7 +24,7 @@ def rollback_target(
     """
     if version is None:
         for record in records:
-            if record["kind"] in ("boot", "restart") or record["outcome"] != "succeeded":
+            if record["kind"] in ("boot", "restart", "reexec") or record["outcome"] != "succeeded":
                 continue
             if (record.get("to") or {}).get("path") != serving:
                 continue

@@ -79,6 +79,7 @@ def test_the_documented_signatures_are_the_real_ones():
             "upgrade",
             "hot_reload",
             "rollback",
+            "reexec",
             "admin_app",
         ]
     )

@@ -65,6 +65,7 @@ class ServerProcess:
         self.env.pop("BEAMDEPLOY_CONTROL", None)
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen_pids: set[int] = set()
+        self.seen_arbiters: set[int] = set()  # after a reexec, not only proc.pid
 
     @property
     def url(self) -> str:
@@ -89,6 +90,7 @@ class ServerProcess:
 
     def status(self) -> dict[str, Any]:
         status = api_status(state_dir=self.state_dir)
+        self.seen_arbiters.add(status["arbiter"]["pid"])
         standby = status.get("standby", [])
         for gen in [status["serving"], *status["booting"], *standby, *status["draining"]]:
             if gen:
@@ -100,12 +102,15 @@ class ServerProcess:
         last: Any = None
         while time.monotonic() < deadline:
             assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"arbiter exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 last = self.status()
             except ControlError as exc:
                 last = exc
+                # After a reexec another arbiter answers: only one that is gone is the end.
+                if self.proc.poll() is not None and not self.successor_alive():
+                    raise AssertionError(
+                        f"arbiter exited with {self.proc.returncode}:\n{self.log()}"
+                    ) from None
             else:
                 if predicate(last):
                     return last
@@ -113,6 +118,11 @@ class ServerProcess:
         raise AssertionError(
             f"condition not met within {timeout}s; last status {last}\n{self.log()}"
         )
+
+    def successor_alive(self) -> bool:
+        """Whether an arbiter that took over from proc (a reexec) still runs."""
+        assert self.proc is not None
+        return any(alive(pid) for pid in self.seen_arbiters if pid != self.proc.pid)
 
     def serving_pids(self) -> list[int]:
         return [w["pid"] for w in self.status()["serving"]["workers"]]
@@ -146,6 +156,7 @@ class ServerProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        self._stop_successors(timeout)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -155,6 +166,16 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return self.proc.returncode
+
+    def _stop_successors(self, timeout: float) -> None:
+        """Arbiters that took over from proc (a reexec) are not its children: TERM, then wait."""
+        others = {pid for pid in self.seen_arbiters if self.proc and pid != self.proc.pid}
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(alive(pid) for pid in others) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -866,3 +866,15 @@ def test_a_fault_in_the_arbiter_while_reloading_undoes_the_workers_not_the_arbit
     rig.pool.answer(serving, w101={}, w102={})
     assert deployment.outcome == "failed"
     assert "an internal error (RuntimeError: a bug)" in deployment.error
+
+
+def test_a_reexecd_arbiters_boot_keeps_the_old_ones_id_and_halts_unmarked_if_it_fails(rig):
+    deployment = rig.deployer.start(
+        "reexec", release=release("1.0", "/r/1.0"), deployment_id="from-old"
+    )
+    assert deployment.id == "from-old"
+    assert rig.steps.records == [("from-old", None)]
+    rig.pool.fail(deployment.target, "could not import demo.app:app")
+    with pytest.raises(Halted, match="the first generation failed to boot"):
+        rig.pool.exit_all(deployment.target)
+    assert rig.steps.marked == [], "the old arbiter still serves that release"
