@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = command(
         "status",
         "show generations, workers and deployments",
-        "Show the arbiter, its serving, booting and draining generations with their "
+        "Show the arbiter, its serving, booting, standby and draining generations with their "
         "workers, and the recent deployments.",
     )
     talks_to_arbiter(status, "print the arbiter's whole status as JSON")
@@ -466,16 +466,25 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
         generation("serving", status["serving"])
     else:
         lines.append("serving: nothing")
+    deployment = status["deployment"]
+    rolling = bool(deployment) and deployment.get("strategy") == "rolling"
     for gen in status["booting"]:
-        generation("booting", gen)
+        generation("rolling in" if rolling else "booting", gen)
+    for gen in status.get("standby", []):
+        generation("standby (kept booted for the bake)", gen)
     for gen in status["draining"]:
         generation("draining", gen)
-    deployment = status["deployment"]
     if deployment:
         lines.append(
             f"{deployment.get('kind', 'upgrade')} in progress: {deployment['id']} "
             f"({deployment['phase']}) to {release_label(deployment.get('to'))}"
         )
+        progress = [e for e in deployment.get("events", []) if "new_serving" in e]
+        if progress:
+            lines.append(
+                f"  both releases answer: {progress[-1]['new_serving']} workers on the new one, "
+                f"{progress[-1]['old_serving']} on the old one"
+            )
     reexec = status.get("reexec")
     if reexec:
         lines.append(

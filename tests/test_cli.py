@@ -56,8 +56,9 @@ def test_top_level_help_lists_each_command_with_its_usage():
     assert "build build a release artifact from a project" in text
     assert "beamdeploy serve [GUNICORN OPTIONS] [--release DIR_OR_ARTIFACT] [APP_MODULE]" in text
     assert (
-        "beamdeploy upgrade [-h] [--state-dir DIR] [--json] [--no-wait] "
-        "[--timeout SECONDS] RELEASE" in text
+        "beamdeploy upgrade [-h] [--strategy {blue-green,rolling}] [--max-surge N] "
+        "[--bake SECONDS] [--bake-max-error-rate SHARE] [--state-dir DIR] [--json] "
+        "[--no-wait] [--timeout SECONDS] RELEASE" in text
     )
     assert "beamdeploy rollback [-h] [--to VERSION]" in text
     assert "beamdeploy status [-h] [--state-dir DIR] [--json] [-v]" in text

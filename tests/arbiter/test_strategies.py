@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import beamdeploy_asgi
+from beamdeploy_asgi.cli import format_status
 from beamdeploy_asgi.errors import DeploymentFailed
 from tests.support.load import Load
 from tests.support.releases import versioned_app
@@ -45,10 +46,22 @@ def test_rolling_replaces_workers_a_few_at_a_time_under_load(serve, releases):
     server = serve("--workers", "3", "--release", str(releases["v1"]))
     with Load(server.url, max_seconds=60, max_requests=20_000) as load:
         load.wait_requests(50)
-        result = beamdeploy_asgi.upgrade(
-            releases["v2"], strategy="rolling", max_surge=1, state_dir=server.state_dir
+        started = beamdeploy_asgi.upgrade(
+            releases["v2"], strategy="rolling", max_surge=1, wait=False, state_dir=server.state_dir
         )
+
+        def both_answer(status: dict) -> bool:
+            running = status["deployment"] or {"events": []}
+            progress = [e for e in running["events"] if "new_serving" in e]
+            return bool(progress) and progress[-1]["new_serving"] and progress[-1]["old_serving"]
+
+        midway = server.wait_for(lambda s: not s["upgrading"] or both_answer(s))
+        result = server.wait_for(lambda s: not s["upgrading"])["deployments"][0]
         load.wait_requests(50)
+    assert result["id"] == started["id"]
+    shown = format_status(midway)
+    assert "rolling in: generation 2, demo v2" in shown, shown
+    assert "both releases answer: 1 workers on the new one" in shown, shown
     outcome = load.result
     print(f"rolling 3 workers under load: {outcome.ok} ok, {len(outcome.failures)} failed")
     assert outcome.failures == []
@@ -56,8 +69,6 @@ def test_rolling_replaces_workers_a_few_at_a_time_under_load(serve, releases):
     assert result["strategy"] == "rolling"
     rolling = result["rolling"]
     assert rolling["peak_workers"] <= 3 + 1, "size + surge"
-    both = [e for e in events(result) if e.get("new_serving") and e.get("old_serving")]
-    assert both, "for a while both releases answered"
     assert set(outcome.bodies) == {"v1", "v2"}
     status = server.status()
     assert status["serving"]["release"]["version"] == "v2"

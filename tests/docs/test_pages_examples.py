@@ -380,7 +380,8 @@ def test_cli_json_outputs_and_a_current_release_outside_the_store(
         server.wait_for(lambda s: not s["draining"])
         status = json.loads(sh("beamdeploy status --json", project).stdout)
         assert list(status) == [
-            "arbiter", "serving", "booting", "draining", "upgrading", "deployment", "reexec",
+            "arbiter", "serving", "booting", "standby", "draining", "upgrading", "deployment",
+            "reexec",
             "deployments",
         ]  # fmt: skip
         assert status["deployments"][0]["id"] == record["id"]

@@ -21,6 +21,7 @@ NAV = [
     "Runtime",
     "Configuration",
     "Releases",
+    "Deploy strategies",
     "Hot reload",
     "Admin API",
     "CLI",
