@@ -12,6 +12,10 @@ swapped N times between v1 and v2, each `beamdeploy_asgi.upgrade()` timed
 from the call to `done`. Prints both medians, their ratio, and the median of
 each phase of the deployments' timings.
 
+Blue-green vs rolling: a server whose workers each hold `--ballast` MiB is
+upgraded with each strategy in turn; prints the swap time, the most workers
+alive at once and the peak of their summed RSS, sampled every 5 ms.
+
     .venv/bin/python benchmarks/swap.py [--clients 20] [--close-clients 4] [--boots 10]
                                         [--no-load] [--bytecode]
 """
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -248,6 +253,77 @@ def print_boot_vs_swap(boots: list[float], swaps: list[float], timings: list[dic
         print(f"  {phase:34}{statistics.median(values):8.3f}{min(values):8.3f}{max(values):8.3f}")
 
 
+def rss_mib(pids: set[int]) -> float:
+    """The summed resident memory of `pids`, those still alive."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/statm").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total / 2**20
+
+
+def measure_strategy(server: ServerProcess, target: Path, strategy: str) -> dict[str, float]:
+    """One upgrade with `strategy`, the arbiter's workers' memory sampled meanwhile."""
+    assert server.proc is not None
+    arbiter = server.proc.pid
+    done: list[dict] = []
+    started = time.perf_counter()
+    thread = threading.Thread(
+        target=lambda: done.append(
+            beamdeploy_asgi.upgrade(target, strategy=strategy, state_dir=server.state_dir)
+        )
+    )
+    thread.start()
+    peak_rss = peak_workers = 0.0
+    while thread.is_alive():
+        workers = children(arbiter)
+        peak_workers = max(peak_workers, len(workers))
+        peak_rss = max(peak_rss, rss_mib(workers))
+        time.sleep(0.005)  # the sampling interval
+    thread.join()
+    took = time.perf_counter() - started
+    # The drain outlives `done`; the next upgrade starts on an idle arbiter.
+    server.wait_for(lambda s: not s["draining"], timeout=120)
+    assert done and done[0]["outcome"] == "succeeded", done
+    return {"swap (s)": took, "peak workers": peak_workers, "peak RSS (MiB)": peak_rss}
+
+
+def measure_strategies(
+    work: Path, v1: Path, v2: Path, workers: int, runs: int
+) -> dict[str, list[dict[str, float]]]:
+    """Blue-green and rolling (max surge 1) in turns, on one server, `runs` times each."""
+    server = ServerProcess(
+        work / "beamdeploy-strategies", ["--workers", str(workers), "--release", str(v1)]
+    )
+    found: dict[str, list[dict[str, float]]] = {"blue-green": [], "rolling": []}
+    try:
+        server.start()
+        for _ in range(runs):
+            for strategy in found:
+                done = len(found["blue-green"]) + len(found["rolling"])
+                target = v2 if done % 2 == 0 else v1
+                found[strategy].append(measure_strategy(server, target, strategy))
+    finally:
+        server.stop()
+    return found
+
+
+def print_strategies(found: dict[str, list[dict[str, float]]], workers: int, ballast: int) -> None:
+    runs = len(found["blue-green"])
+    print(
+        f"blue-green vs rolling (max surge 1), {workers} workers holding {ballast} MiB each, "
+        f"no load, {runs} upgrades each, medians"
+    )
+    print(f"{'':24}{'blue-green':>12}{'rolling':>12}{'rolling / bg':>14}")
+    for measure in ("swap (s)", "peak workers", "peak RSS (MiB)"):
+        blue = statistics.median(r[measure] for r in found["blue-green"])
+        rolling = statistics.median(r[measure] for r in found["rolling"])
+        print(f"{measure:24}{blue:12.2f}{rolling:12.2f}{rolling / blue:13.2f}x")
+
+
 def compile_bytecode(release: Path) -> None:
     """Write the .pyc of every module of the release, as pip does at install (uv does not)."""
     python = str(release / "venv" / "bin" / "python")
@@ -275,6 +351,13 @@ def main() -> None:
     )
     parser.add_argument("--no-load", action="store_true", help="skip the swap under load")
     parser.add_argument(
+        "--strategy-workers", type=int, default=4, help="workers for blue-green vs rolling"
+    )
+    parser.add_argument(
+        "--ballast", type=int, default=64, help="MiB each worker holds, blue-green vs rolling"
+    )
+    parser.add_argument("--strategy-runs", type=int, default=3, help="upgrades of each strategy")
+    parser.add_argument(
         "--bytecode", action="store_true", help="compile the releases' .pyc before measuring"
     )
     args = parser.parse_args()
@@ -297,12 +380,21 @@ def main() -> None:
         boots = measure_boots(work, v1, args.boots)
         print(f"measuring {args.boots} upgrades without load ...", flush=True)
         swaps, timings = measure_swaps(work, v1, v2, args.boots)
+        print("measuring blue-green and rolling upgrades ...", flush=True)
+        ballast = f"BALLAST = bytes(range(256)) * ({args.ballast} * 4096)"  # resident MiB
+        heavy1 = factory.make("v1-heavy", versioned_app("v1", extra=ballast))
+        heavy2 = factory.make("v2-heavy", versioned_app("v2", extra=ballast))
+        strategies = measure_strategies(
+            work, heavy1, heavy2, args.strategy_workers, args.strategy_runs
+        )
     if not args.no_load:
         print()
         print_under_load(beam, hup, args)
     print()
     print_boot_vs_swap(boots, swaps, timings)
     print(bytecode_note(args))
+    print()
+    print_strategies(strategies, args.strategy_workers, args.ballast)
 
 
 if __name__ == "__main__":

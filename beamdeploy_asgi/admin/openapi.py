@@ -62,6 +62,38 @@ SUSPEND_TIMEOUT = {
     "description": "seconds the workers wait for running requests before the code changes "
     "(default 3)",
 }
+OPTION_SCHEMAS: dict[str, dict[str, Any]] = {
+    "strategy": {
+        "type": "string",
+        "enum": ["blue-green", "rolling"],
+        "description": "blue-green boots a whole new generation; rolling replaces a few "
+        "workers at a time (default: the server's --strategy)",
+    },
+    "max_surge": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 64,
+        "description": "rolling: new workers booted beyond the generation's size at a time",
+    },
+    "bake": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 86400,
+        "description": "seconds the old generation stays booted after the promotion; too "
+        "many 5xx or a crash meanwhile rolls back to it (blue-green only)",
+    },
+    "bake_max_error_rate": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "exclusiveMaximum": True,
+        "description": "the share of 5xx answers, over at least 20, that rolls back",
+    },
+}
+OPTIONS = [
+    {"name": name, "in": "query", "required": False, "schema": schema}
+    for name, schema in OPTION_SCHEMAS.items()
+]
 STARTED = {
     **_json(DEPLOYMENT, "the deployment started"),
     "headers": {"Location": {"schema": {"type": "string"}, "description": "where to follow it"}},
@@ -101,8 +133,10 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
             },
             "/upgrade": {
                 "post": {
-                    "summary": "Swap the service to a release, blue-green",
-                    "parameters": [WAIT],
+                    "summary": "Swap the service to a release, blue-green or rolling",
+                    "description": "Strategy and bake options come as query parameters, "
+                    "or as fields of the JSON body. See docs/strategies.md.",
+                    "parameters": [WAIT, *OPTIONS],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -155,7 +189,7 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
             "/rollback": {
                 "post": {
                     "summary": "Swap back to the previous release, or to a kept one by version",
-                    "parameters": [WAIT],
+                    "parameters": [WAIT, *OPTIONS],
                     "requestBody": {
                         "required": False,
                         "content": {
@@ -240,7 +274,8 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                             "minLength": 1,
                             "description": "a release directory inside a --release-dir "
                             "(absolute, or relative to one)",
-                        }
+                        },
+                        **OPTION_SCHEMAS,
                     },
                 },
                 "RollbackRequest": {
@@ -250,7 +285,8 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                             "type": "string",
                             "minLength": 1,
                             "description": "the version of a kept release",
-                        }
+                        },
+                        **OPTION_SCHEMAS,
                     },
                 },
                 "Release": {

@@ -291,3 +291,38 @@ def test_health_answers_503_while_the_worker_drains(serve, releases):
         thread.join()
     assert drained.status_code == 503 and drained.json() == {"status": "draining"}
     assert results["slow"] == "slow v1"
+
+
+def test_strategy_options_come_in_the_body_or_the_query(admin, releases):
+    body = {"release": str(releases["v2"]), "strategy": "rolling", "max_surge": 2}
+    answer = httpx.post(admin.admin + "/upgrade?wait=true", json=body, headers=AUTH, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["strategy"] == "rolling"
+    assert answer.json()["rolling"]["max_surge"] == 2
+    answer = httpx.post(
+        admin.admin + "/rollback?wait=true&strategy=blue-green&bake=0.5", headers=AUTH, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["strategy"] == "blue-green" and answer.json()["bake"]["seconds"] == 0.5
+    assert admin.status()["serving"]["release"]["version"] == "v1"
+
+
+@pytest.mark.parametrize(
+    ("query", "fields", "detail"),
+    [
+        ("?strategy=canary", {}, "query parameter 'strategy' must be one of blue-green, rolling"),
+        ("?max_surge=lots", {}, "query parameter 'max_surge' must be a number, not 'lots'"),
+        ("", {"max_surge": 0}, "'max_surge' must be a whole number from 1 to 64, not 0"),
+        ("", {"bake": -1}, "'bake' must be seconds, from 0 to 86400, not -1"),
+        ("", {"bake_max_error_rate": 1.5}, "'bake_max_error_rate' must be a share"),
+        ("", {"canary": True}, "unknown option 'canary'"),
+        ("", {"strategy": "rolling", "bake": 5}, "bake with the blue-green strategy"),
+    ],
+)
+def test_bad_strategy_options_are_400_and_start_nothing(admin, releases, query, fields, detail):
+    body = {"release": str(releases["v2"]), **fields}
+    answer = httpx.post(admin.admin + "/upgrade" + query, json=body, headers=AUTH, timeout=60)
+    assert answer.status_code == 400, answer.text
+    assert detail in answer.json()["detail"]
+    assert not admin.status()["upgrading"]
+    assert admin.status()["deployments"][0]["kind"] == "boot"
