@@ -124,7 +124,8 @@ def rollback(
         to, follow=wait, options={k: v for k, v in options.items() if v is not None}
     )
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
-    if wait and result.get("outcome") != "succeeded":
+    # During a bake, a rollback ends the upgrade being baked `rolled-back`.
+    if wait and result.get("outcome") not in ("succeeded", "rolled-back"):
         raise DeploymentFailed(result)
     return result
 

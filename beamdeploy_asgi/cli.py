@@ -385,12 +385,20 @@ def follow_deployment(client: ControlClient, request: dict, options: argparse.Na
         print(f"deployment {result['id']} started")
     elif result.get("plan"):
         print(format_plan(result["plan"]))
-    if options.no_wait or result.get("outcome") == "succeeded":
+    if options.no_wait or result.get("outcome") in succeeded(options.command):
         return 0
     if not options.json:
         how = "was rolled back" if result.get("outcome") == "rolled-back" else "failed"
         print(f"{options.command} {how}: {result.get('error')}", file=sys.stderr)
     return 1
+
+
+def succeeded(command: str) -> tuple[str, ...]:
+    """The outcomes that mean `command` did what it was asked.
+
+    A rollback during a bake ends the upgrade `rolled-back`: what was asked for.
+    """
+    return ("succeeded", "rolled-back") if command == "rollback" else ("succeeded",)
 
 
 def run_releases(client: ControlClient, options: argparse.Namespace) -> int:

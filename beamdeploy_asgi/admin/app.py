@@ -317,7 +317,9 @@ async def _deploy(
         location = f"{request.scope.get('root_path', '')}/deployments/{started['id']}"
         return JSONResponse(started, 202, headers={"Location": location})
     outcome = await _ask(request, message, on_answer)
-    if outcome["outcome"] != "succeeded":
+    # During a bake, a rollback ends the upgrade being baked `rolled-back`: as asked.
+    wanted = ("succeeded", "rolled-back") if message["op"] == "rollback" else ("succeeded",)
+    if outcome["outcome"] not in wanted:
         return error_response(
             422, "deployment_failed", outcome["error"] or "deployment failed", deployment=outcome
         )

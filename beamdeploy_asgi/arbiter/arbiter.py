@@ -419,11 +419,22 @@ class BeamArbiter(Arbiter):
             return
         self.deployer.start("restart", release=serving.release)
 
+    def _resizable(self, name: str) -> bool:
+        """Not during a deployment: a rollout or a bake counts on the sizes it started with."""
+        if self.deployer.current is None:
+            return True
+        self.log.warning("%s ignored: a deployment is in progress; send it again after", name)
+        return False
+
     def handle_ttin(self) -> None:
+        if not self._resizable("TTIN"):
+            return
         self.num_workers += 1  # gunicorn's property: runs the nworkers_changed hook
         self.pool.resize(self.num_workers)
 
     def handle_ttou(self) -> None:
+        if not self._resizable("TTOU"):
+            return
         if self.num_workers > 1:
             self.num_workers -= 1
             self.pool.resize(self.num_workers)

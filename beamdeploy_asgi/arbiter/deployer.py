@@ -107,6 +107,7 @@ class Deployer:
         self.rolling: RollingRun | None = None
         self.gate: PromotionGate | None = None
         self.bake: BakeWatch | None = None
+        self.target_draining = False  # rolling back: the new generation was told to drain
         self.since: dict[str, float] = {}
 
     # -- starting ----------------------------------------------------------
@@ -227,10 +228,13 @@ class Deployer:
         deployment.target = generation
         self.since["boot"] = self.since["preflight"] = self.clock()
         self.deadline = self.since["boot"] + self.boot_timeout + BACKSTOP
+        self.smoke_url: str | None = None
         if self.smoke:
-            self.smoke_url: str | None = self.workers.open_private(generation)
-        else:
-            self.smoke_url = None
+            try:
+                self.smoke_url = self.workers.open_private(generation)
+            except OSError as exc:
+                self._fail(deployment, f"cannot open a private port for the smoke command: {exc}")
+                return
         previous = deployment.previous
         if self.deploy.strategy == "rolling" and previous is not None:
             self._roll(deployment, previous, generation)
@@ -274,8 +278,8 @@ class Deployer:
         self.rolling.start()
 
     def _progressed(self) -> None:
-        """A rollout moved: its deadline starts again."""
-        self.deadline = self.clock() + self.boot_timeout + BACKSTOP
+        """A rollout moved: its deadline starts again (a boot, or an old worker's drain)."""
+        self.deadline = self.clock() + max(self.boot_timeout, self.drain_timeout) + BACKSTOP
 
     def _rolled(self, deployment: Deployment, new: Generation) -> None:
         self._took(deployment, "rolling")
@@ -357,7 +361,8 @@ class Deployer:
         if deployment.phase is Phase.ROLLING:
             self._fail(
                 deployment,
-                f"rolling to {target}: no worker moved in {self.boot_timeout:g}s (boot timeout)",
+                f"rolling to {target}: no worker moved in "
+                f"{max(self.boot_timeout, self.drain_timeout):g}s",
                 at="boot",
             )
         elif deployment.phase is Phase.CHECKING:
@@ -390,6 +395,14 @@ class Deployer:
             )
             self._end(deployment, "succeeded")
         elif deployment.phase is Phase.ROLLING_BACK:
+            if not self.target_draining:
+                self.log.error(
+                    "deployment %s: %s did not accept again in time; draining %s anyway",
+                    deployment.id,
+                    deployment.previous,
+                    target,
+                )
+                self.workers.drain(target)
             self._end(deployment, ROLLED_BACK)
 
     # -- stepping ------------------------------------------------------------
@@ -399,18 +412,16 @@ class Deployer:
         if self.current is not deployment or deployment.target is None:
             return
         target = deployment.target
+        if self.rolling is not None:
+            self.rolling.step()  # stopped, it takes the new workers out as old ones serve
         if deployment.phase is Phase.STOPPING:
             if self.workers.live(target) == 0:
                 self._end(deployment, "failed")
             return
         if self.rolling is not None:
-            self.rolling.step()
             return
         if deployment.phase is Phase.ROLLING_BACK:
-            # Not before its last worker exited: until then, it may still answer
-            # requests already sent on its connections, with the code that failed.
-            if self.workers.live(target) == 0:
-                self._end(deployment, ROLLED_BACK)
+            self._rolling_back(deployment, target)
             return
         if deployment.phase is Phase.PREFLIGHT and self.workers.count(target, WorkerState.READY):
             self._passed(deployment)  # a worker that does not say `imported` says `ready`
@@ -453,6 +464,8 @@ class Deployer:
         self.deadline = self.since["checks"] + self.check_timeout + BACKSTOP
 
         def passed() -> None:
+            if self.current is not deployment:
+                return
             self._took(deployment, "checks")
             self.gate = None
             self.workers.close_private(target)  # the address was for the checks alone
@@ -558,11 +571,39 @@ class Deployer:
         deployment.error, self.failed_at = f"bake: {cause}", "bake"
         self.log.error("deployment %s: rolling back to %s: %s", deployment.id, old, cause)
         self.workers.resume(old)
-        self.workers.promote(old)
+        self.workers.serve(old)  # a replacement that was booting during the bake
+        self.workers.promote(old)  # the pool fills it up again if some of it died meanwhile
         self.steps.restored(old.release)
-        self.workers.drain(target)
-        self.deadline = self.clock() + self.drain_timeout + BACKSTOP
-        deployment.record(Phase.ROLLING_BACK, f"{old} serves again ({cause}); draining {target}")
+        self.target_draining = False
+        self.deadline = self.clock() + self.boot_timeout + self.drain_timeout + BACKSTOP
+        deployment.record(Phase.ROLLING_BACK, f"{old} serves again ({cause})")
+        self._rolling_back(deployment, target)
+
+    def _rolling_back(self, deployment: Deployment, target: Generation) -> None:
+        """Drain the new generation once old workers accept again; end once it is gone.
+
+        Not before its last worker exited: until then, it may still answer
+        requests already sent on its connections, with the code that failed.
+        """
+        old = deployment.previous
+        assert old is not None
+        if not self.target_draining:
+            accepting = self.workers.count(old, WorkerState.SERVING) - self.workers.paused(old)
+            if accepting <= 0:
+                return
+            self.target_draining = True
+            self.workers.drain(target)
+            deployment.record(Phase.ROLLING_BACK, f"draining {target}")
+        if self.workers.live(target) == 0:
+            self._end(deployment, ROLLED_BACK)
+
+    def roll_back_now(self, reason: str) -> Deployment | None:
+        """During a bake, go back to the old generation at once; None if none bakes."""
+        deployment = self.current
+        if deployment is None or self.bake is None or deployment.target is None:
+            return None
+        self._roll_back(deployment, deployment.target, reason)
+        return deployment
 
     # -- ending ----------------------------------------------------------------
 
@@ -588,9 +629,8 @@ class Deployer:
             return
         if self.rolling is not None:
             self.rolling.stop(cause)
-            self.rolling = None
-            # Its serving workers drain: they may take the drain limit.
-            self.deadline = self.clock() + self.drain_timeout + BACKSTOP
+            # Old workers boot again, then the new ones drain.
+            self.deadline = self.clock() + self.boot_timeout + self.drain_timeout + BACKSTOP
         else:
             deployment.record(Phase.STOPPING, f"stopping {target}: {cause.splitlines()[0]}")
             self.workers.stop(target, cause)

@@ -53,6 +53,7 @@ class WorkerProcess:
     failure: str | None = None
     app_file: str | None = None
     hot_reload: int = 0  # the reload steps' version its beamdeploy-asgi speaks; 0: none
+    open_requests: int = 0  # admin requests it forwarded that are not answered yet
     deploy: int = 0  # pause, resume, response counts, private listener: DEPLOY_VERSION; 0: none
     paused: bool = False  # it said it stopped accepting, still booted
     responses: dict[str, int] = field(default_factory=dict)  # its last counts, by class

@@ -58,7 +58,7 @@ def backoff(streak: int) -> float:
 
 
 class PoolListener(Protocol):
-    """What the pool reports about generations that are not serving yet or any more."""
+    """What the pool reports about its generations' workers."""
 
     def worker_changed(self, generation: Generation) -> None:
         """A worker became ready or serving, stopped accepting, or exited.
@@ -152,8 +152,10 @@ class WorkerPool:
     def shrink(self, generation: Generation, count: int) -> None:
         """Drain `count` serving workers, the oldest first; the generation stays smaller."""
         generation.size = max(generation.size - count, 0)
-        oldest = sorted(generation.in_state(WorkerState.SERVING), key=lambda w: w.age)
-        for worker in oldest[:count]:
+        # The oldest first, but last those answering an admin request that waits
+        # for the deployment's end: draining, they would hold it open.
+        serving = generation.in_state(WorkerState.SERVING)
+        for worker in sorted(serving, key=lambda w: (w.open_requests > 0, w.age))[:count]:
             self.retire(worker)
 
     def restore(self, generation: Generation, size: int) -> None:
@@ -248,16 +250,19 @@ class WorkerPool:
         if not generation.workers:
             self._end(generation)
 
-    def stop(self, generation: Generation, cause: str) -> None:
+    def stop(self, generation: Generation, cause: str, keep_serving: bool = False) -> None:
         """A generation that will never be promoted: stop every worker it has.
 
-        Those that already serve (a stopped rollout's) drain, as any serving worker does.
+        Those that already serve (a stopped rollout's) drain, as any serving
+        worker does; with `keep_serving` they stay, for `shrink` to take out
+        one by one as the old generation serves again.
         """
         generation.state = GenerationState.FAILED
         generation.failure = cause
         self.close_private(generation)
         for worker in list(generation.workers.values()):
-            self.retire(worker)
+            if not (keep_serving and worker.state is WorkerState.SERVING):
+                self.retire(worker)
         if not generation.workers:
             self._end(generation)
 
@@ -465,7 +470,11 @@ class WorkerPool:
             self._changed(generation)
         elif event == Event.DRAINING:
             worker.stopped_accepting = True
-            if generation.state is GenerationState.BOOTING:
+            if generation.state is GenerationState.BOOTING and worker.state is WorkerState.SERVING:
+                # A rolling upgrade's worker, at its max requests: the rollout replaces it.
+                self.log.info("%s: worker %s drains on its own", generation, worker.pid)
+                self._begin_drain(worker, signal_it=False)
+            elif generation.state is GenerationState.BOOTING:
                 cause = f"worker {worker.pid} stopped before its generation was promoted"
                 worker.failure = cause
                 self._begin_drain(worker, signal_it=False)
@@ -478,8 +487,7 @@ class WorkerPool:
             self._changed(generation)
         elif event in (Event.PAUSED, Event.RESUMED):
             worker.paused = event == Event.PAUSED
-            if self.listener is not None:
-                self.listener.worker_changed(generation)  # the serving generation's too
+            self._changed(generation)
         elif event == Event.RESPONSES:
             worker.responses = {**worker.responses, **valid_counts(message)}
             if self.listener is not None:
@@ -522,7 +530,7 @@ class WorkerPool:
             self.listener.worker_failed(generation, cause, phase)
 
     def _changed(self, generation: Generation) -> None:
-        if generation is not self.serving and self.listener is not None:
+        if self.listener is not None:
             self.listener.worker_changed(generation)
 
     # -- events: exits and deadlines --------------------------------------------
@@ -614,7 +622,7 @@ class WorkerPool:
                 )
                 worker.deadline = None
                 self._signal(worker, signal.SIGKILL)
-            elif worker.state in (WorkerState.BOOTING, WorkerState.READY):
+            elif self._booting(worker):
                 if now - worker.started > boot_timeout:
                     cause = (
                         f"worker {worker.pid} did not report READY within "
@@ -625,6 +633,17 @@ class WorkerPool:
                     self._failed(worker, cause, "boot")
             elif worker.state is WorkerState.SERVING and heartbeat_timeout:
                 self._check_heartbeat(worker, now, heartbeat_timeout)
+
+    def _booting(self, worker: WorkerProcess) -> bool:
+        """Held to the boot timeout: booting, or ready in a generation that serves.
+
+        A ready worker of a new generation waits for its deployment (the
+        checks before promotion may take longer than a boot), which has its
+        own deadlines.
+        """
+        if worker.state is WorkerState.BOOTING:
+            return True
+        return worker.state is WorkerState.READY and worker.generation is self.serving
 
     def _check_heartbeat(self, worker: WorkerProcess, now: float, timeout: float) -> None:
         try:

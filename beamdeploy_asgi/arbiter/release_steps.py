@@ -170,6 +170,7 @@ class ReleaseSteps:
             done(failure, report(None, failure))
 
         env = dict(os.environ)  # the arbiter's, the token already taken out
+        env.pop("NOTIFY_SOCKET", None)  # systemd's, the arbiter's to speak on
         env[SMOKE_URL_ENV] = url
         env[RELEASE_NAME_ENV] = release.name
         env[RELEASE_VERSION_ENV] = release.version
@@ -183,8 +184,8 @@ class ReleaseSteps:
             env=env,
             cwd=self.cwd,
             owner=worker_owner(self.cfg),
-            keep_messages=1,
             max_output=SMOKE_OUTPUT,
+            messages=False,
         )
 
     def has_hook(self, name: str) -> bool:

@@ -154,6 +154,12 @@ class ControlRequests:
         options = self._options(request, conn)
         if options is None:
             return
+        baking = None
+        if version is None:
+            baking = self.deployer.roll_back_now("rolled back by the operator during the bake")
+        if baking is not None:
+            self._answer(baking, request, conn)  # the old generation, still booted, serves again
+            return
         if self._refuse_busy(conn):
             return
         serving = self.pool.serving

@@ -66,10 +66,12 @@ class RollingRun:
 
     def step(self) -> None:
         if self.stopped is not None:
+            self._step_back()
             return
         w = self.workers
         if not self.checked:
-            if w.count(self.new, WorkerState.READY) and not self.checking:
+            first_batch = min(self.surge, self.size)
+            if w.count(self.new, WorkerState.READY) >= first_batch and not self.checking:
                 self.checking = True
                 self.gate(self._checked)
             return
@@ -96,7 +98,7 @@ class RollingRun:
         room = self.size + self.surge - w.live(self.old) - w.live(self.new)
         wanted = self.size - active
         if not self.checked:
-            wanted = min(wanted, self.surge) - active  # only the first batch, until checked
+            wanted = min(self.size, self.surge) - active  # only the first batch, until checked
         count = min(room, wanted)
         if count > 0:
             cause = w.grow(self.new, count)
@@ -130,7 +132,11 @@ class RollingRun:
     # -- a failure: back to the old release at full size ---------------------------
 
     def stop(self, cause: str) -> None:
-        """Stop the rollout: the new workers go, the old generation gets its size back."""
+        """Stop the rollout: the old generation gets its size back, the new workers go.
+
+        New workers that serve stay until as many old ones serve again, so
+        that the service never has fewer workers accepting than it had.
+        """
         if self.stopped is not None:
             return
         self.stopped = cause
@@ -145,8 +151,17 @@ class RollingRun:
             f"rollout stopped with {replaced}/{self.size} workers replaced: "
             f"{cause.splitlines()[0]}; {self.old} goes back to {self.size} workers",
         )
-        self.workers.stop(self.new, cause)
+        self.workers.stop(self.new, cause, keep_serving=True)
         self.workers.restore(self.old, self.size)
+        self._step_back()
+
+    def _step_back(self) -> None:
+        """Drain new workers as old ones serve again, one for one."""
+        w = self.workers
+        serving_new = w.count(self.new, WorkerState.SERVING)
+        missing_old = max(self.size - w.count(self.old, WorkerState.SERVING), 0)
+        if serving_new > missing_old:
+            w.shrink(self.new, serving_new - missing_old)
 
     def describe(self) -> dict[str, object]:
         return {

@@ -41,8 +41,13 @@ class Task:
         owner: dict[str, Any] | None = None,
         keep_messages: int = KEPT_MESSAGES,
         max_output: int | None = None,
+        messages: bool = True,
     ) -> None:
-        """`keep_messages` JSON lines are kept; past `max_output` bytes, the task is killed."""
+        """`keep_messages` JSON lines are kept; past `max_output` bytes, the task is killed.
+
+        Without `messages`, every line is text: a command that is not ours.
+        """
+        self.messages = messages
         self.name = name
         self.argv = argv
         self.on_line = on_line
@@ -102,7 +107,7 @@ class Task:
             self._line(raw)
 
     def _line(self, raw: bytes) -> None:
-        message = parse_object(raw)
+        message = parse_object(raw) if self.messages else None
         if message is not None:
             self.lines.append(message)
             self.on_line(message)

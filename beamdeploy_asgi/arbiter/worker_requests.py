@@ -28,12 +28,15 @@ class WorkerConnection:
         self.worker = worker
         self.request_id = request_id
         self.closed = False
+        worker.open_requests += 1
 
     def send(self, message: dict[str, Any], last: bool = False) -> None:
         if self.closed:
             return
         delivered = self.worker.send({"cmd": Command.ADMIN, "id": self.request_id, **message})
-        self.closed = last or not delivered
+        if last or not delivered:
+            self.closed = True
+            self.worker.open_requests -= 1
 
     def reply(self, result: dict[str, Any]) -> None:
         self.send({"result": result}, last=True)

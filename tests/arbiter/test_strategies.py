@@ -6,6 +6,7 @@ Each runs under a bounded load and counts what clients saw.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -112,20 +113,23 @@ def test_the_smoke_command_tests_the_new_generation_before_users_reach_it(
     script.write_text(
         textwrap.dedent(
             f"""
-            import json, os, sys, urllib.request
+            import json, os, sys, time, urllib.request
             def get(url):
                 return urllib.request.urlopen(url, timeout=10).read().decode()
             smoke_url = os.environ["BEAMDEPLOY_SMOKE_URL"]
             record = {{"smoke_url": smoke_url, "new": get(smoke_url + "/")}}
             if os.environ["BEAMDEPLOY_RELEASE_VERSION"] != "v1":  # not the first boot
                 record["public"] = get(sys.argv[1] + "/")
+                time.sleep(2.5)  # longer than --boot-timeout: the checks have their own
                 open({str(seen)!r}, "w").write(json.dumps(record))
             print("smoke: checked", record["new"].split()[0])
             """
         )
     )
     releases["v2"]
-    server = serve("--workers", "2", "--release", str(releases["v1"]), launch=False)
+    server = serve(
+        "--workers", "2", "--boot-timeout", "2", "--release", str(releases["v1"]), launch=False
+    )
     server.command += ["--smoke-cmd", f"{sys.executable} {script} {server.url}"]
     server.start()
     result = beamdeploy_asgi.upgrade(releases["v2"], state_dir=server.state_dir)
@@ -321,3 +325,32 @@ def test_bad_options_are_refused_with_their_name(serve, releases):
     with pytest.raises(ValueError, match="'strategy' must be one of"):
         beamdeploy_asgi.upgrade(releases["v1"], strategy="canary", state_dir=server.state_dir)
     assert server.status()["deployments"][0]["kind"] == "boot", "nothing was started"
+
+
+def test_a_rollback_during_the_bake_is_instant(serve, releases):
+    releases["v2"]
+    server = serve("--workers", "2", "--release", str(releases["v1"]))
+    warm = sorted(server.serving_pids())
+    with Load(server.url, max_seconds=60, max_requests=20_000) as load:
+        load.wait_requests(50)
+        beamdeploy_asgi.upgrade(releases["v2"], bake=60, wait=False, state_dir=server.state_dir)
+        server.wait_for(lambda s: (s["deployment"] or {}).get("phase") == "baking")
+        rolled = server.cli("rollback", "--json")
+        load.wait_requests(50)
+    result = json.loads(rolled.stdout)
+    assert rolled.returncode == 0, rolled.stderr
+    assert result["outcome"] == "rolled-back"
+    assert result["error"] == "bake: rolled back by the operator during the bake"
+    assert load.result.failures == []
+    assert sorted(server.serving_pids()) == warm
+    assert httpx.get(server.url).text.startswith("v1")
+
+
+def test_rolling_and_a_bake_together_are_refused_at_start(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "beamdeploy_asgi", "serve", "--strategy", "rolling", "--bake", "5",
+         "--bind", "127.0.0.1:0", "--state-dir", str(tmp_path / "state"), "app:app"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "bake with the rolling strategy" in run.stderr

@@ -94,6 +94,11 @@ def test_a_failed_new_worker_stops_the_rollout_and_gives_the_old_release_its_siz
     assert deployment.phase is Phase.STOPPING
     assert ("stop", new.number) in rig.pool.calls
     assert ("restore", old.number, SIZE) in rig.pool.calls
+    # One old worker serves, one is missing: the new one that serves stays for now.
+    assert ("shrink", new.number, 1) not in rig.pool.calls
+    rig.pool.states[old.number].append("serving")  # the pool started it again
+    changed(rig, old)
+    assert ("shrink", new.number, 1) in rig.pool.calls, "now it may go"
     assert deployment.details["rolling"]["replaced"] == 1
     assert "stopped with 1/2 workers replaced" in deployment.events[-1]["message"]
     rig.pool.exit_all(new)
@@ -282,7 +287,12 @@ def test_too_many_5xx_during_the_bake_roll_back_at_once():
     rig.pool.counts[new.number] = {"2xx": 10, "5xx": 10}
     rig.deployer.worker_responses(new)
     assert deployment.phase is Phase.ROLLING_BACK
-    assert rig.pool.calls[-3:] == [("resume", old.number), ("promote", old.number), ("drain", 2)]
+    assert rig.pool.calls[-4:] == [
+        ("resume", old.number),
+        ("serve", old.number),
+        ("promote", old.number),
+        ("drain", new.number),
+    ]
     assert rig.pool.serving is old
     assert rig.steps.restores == ["1.0"]
     assert deployment.details["bake"]["errors"] == 10
@@ -342,3 +352,56 @@ def test_options_are_checked_with_names():
     assert from_text({"max_surge": "2", "bake": "1.5"}) == {"max_surge": 2, "bake": 1.5}
     with pytest.raises(BadOption, match="'max_surge' must be a number, not 'x'"):
         from_text({"max_surge": "x"})
+
+
+def test_an_operator_rollback_during_the_bake_is_instant():
+    rig = Rig()
+    old, new, deployment = baking(rig)
+    assert rig.deployer.roll_back_now("rolled back by the operator") is deployment
+    assert deployment.phase is Phase.ROLLING_BACK
+    assert deployment.error == "bake: rolled back by the operator"
+    rig.pool.exit_all(new)
+    assert deployment.outcome == "rolled-back"
+    assert rig.deployer.roll_back_now("again") is None, "nothing bakes now"
+
+
+def test_the_new_generation_drains_only_once_the_old_one_accepts_again():
+    rig = Rig()
+    old, new, deployment = baking(rig)
+    rig.pool.paused_count[old.number] = SIZE  # both old workers still paused
+    new.crashes += 1
+    rig.deployer.worker_exited(new, 7)
+    assert deployment.phase is Phase.ROLLING_BACK
+    assert ("drain", new.number) not in rig.pool.calls
+    rig.pool.paused_count[old.number] = 1  # one of them resumed
+    changed(rig, old)
+    assert ("drain", new.number) in rig.pool.calls
+    rig.pool.exit_all(new)
+    assert deployment.outcome == "rolled-back"
+
+
+def test_a_rolling_back_that_never_sees_the_old_generation_accept_ends_at_its_deadline():
+    rig = Rig()
+    old, new, deployment = baking(rig)
+    rig.pool.paused_count[old.number] = SIZE
+    rig.deployer.roll_back_now("operator")
+    rig.clock.advance(BOOT_TIMEOUT + 12 + BACKSTOP + 1)
+    rig.deployer.tick()
+    assert ("drain", new.number) in rig.pool.calls
+    assert deployment.outcome == "rolled-back"
+
+
+def test_a_private_port_that_cannot_be_opened_fails_the_upgrade_cleanly():
+    rig = Rig(smoke=True)
+    boot_checked(rig)
+
+    def refuse(generation):
+        raise OSError(24, "Too many open files")
+
+    rig.pool.open_private = refuse
+    deployment = rig.deployer.start("upgrade", release=release("2.0", "/r/2.0"))
+    assert deployment.outcome == "failed"
+    assert deployment.error == (
+        "cannot open a private port for the smoke command: [Errno 24] Too many open files"
+    )
+    assert rig.deployer.current is None

@@ -62,6 +62,7 @@ class FakePool:
         self.sent: list[tuple[set[int], dict[str, Any]]] = []
         self.retired: set[int] = set()
         self.pausable = True
+        self.paused_count: dict[int, int] = {}
         self.counts: dict[int, dict[str, int]] = {}
 
     # the Workers interface
@@ -102,7 +103,7 @@ class FakePool:
         self.calls.append(("drain", generation.number))
         generation.state = GenerationState.DRAINING
 
-    def stop(self, generation: Generation, cause: str) -> None:
+    def stop(self, generation: Generation, cause: str, keep_serving: bool = False) -> None:
         self.calls.append(("stop", generation.number))
         generation.state = GenerationState.FAILED
         generation.failure = cause
@@ -144,7 +145,8 @@ class FakePool:
         states = self.states[generation.number]
         for _ in range(count):
             states[states.index("serving")] = "draining"
-        self.accepting[generation.number] -= count
+        accepting = self.accepting.get(generation.number, 0)
+        self.accepting[generation.number] = max(accepting - count, 0)
 
     def restore(self, generation: Generation, size: int) -> None:
         self.calls.append(("restore", generation.number, size))  # type: ignore[arg-type]
@@ -158,6 +160,9 @@ class FakePool:
 
     def can_pause(self, generation: Generation) -> bool:
         return self.pausable
+
+    def paused(self, generation: Generation) -> int:
+        return self.paused_count.get(generation.number, 0)
 
     def responses(self, generation: Generation) -> dict[str, int]:
         return dict(self.counts.get(generation.number, {}))

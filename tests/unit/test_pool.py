@@ -402,6 +402,7 @@ def test_pause_and_resume_go_to_serving_workers_and_come_back_for_any_generation
     booting = rig.worker(serving)
     rig.said(booting, event="ready", protocol=1, deploy=1)
     rig.heard(booting)  # its serve order: not serving yet
+    rig.listener.events.clear()
 
     rig.pool.pause(serving)
     assert rig.heard(first) == rig.heard(second) == [{"cmd": "pause"}]
