@@ -55,6 +55,14 @@ def upgrading(*, state_dir: str | os.PathLike[str] | None = None) -> bool:
     return bool(status(state_dir=state_dir)["upgrading"])
 
 
+def _deploy_options(
+    strategy: str | None, max_surge: int | None, bake: float | None, rate: float | None
+) -> dict[str, Any]:
+    """The options given, checked here so that a bad one is refused before anything is sent."""
+    given = dict(strategy=strategy, max_surge=max_surge, bake=bake, bake_max_error_rate=rate)
+    return {name: value for name, value in checked(given).items() if value is not None}
+
+
 def upgrade(
     release: str | os.PathLike[str],
     *,
@@ -77,19 +85,8 @@ def upgrade(
     returns the deployment as soon as it started. Blocking: from async code,
     call it in a thread.
     """
-    options = checked(
-        {
-            "strategy": strategy,
-            "max_surge": max_surge,
-            "bake": bake,
-            "bake_max_error_rate": bake_max_error_rate,
-        }
-    )
-    request = upgrade_request(
-        os.path.abspath(os.fspath(release)),
-        follow=wait,
-        options={k: v for k, v in options.items() if v is not None},
-    )
+    options = _deploy_options(strategy, max_surge, bake, bake_max_error_rate)
+    request = upgrade_request(os.path.abspath(os.fspath(release)), follow=wait, options=options)
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     if wait and result.get("outcome") != "succeeded":
         raise DeploymentFailed(result)
@@ -112,17 +109,8 @@ def rollback(
 
     `to` picks any kept release by version instead. Raises like upgrade().
     """
-    options = checked(
-        {
-            "strategy": strategy,
-            "max_surge": max_surge,
-            "bake": bake,
-            "bake_max_error_rate": bake_max_error_rate,
-        }
-    )
-    request = rollback_request(
-        to, follow=wait, options={k: v for k, v in options.items() if v is not None}
-    )
+    options = _deploy_options(strategy, max_surge, bake, bake_max_error_rate)
+    request = rollback_request(to, follow=wait, options=options)
     result = _client(state_dir).request(request, on_event=on_event, timeout=timeout)
     # During a bake, a rollback ends the upgrade being baked `rolled-back`.
     if wait and result.get("outcome") not in ("succeeded", "rolled-back"):

@@ -32,7 +32,7 @@ from logging import Logger
 from pathlib import Path
 from typing import Any
 
-from beamdeploy_asgi.arbiter.bake import BakeWatch
+from beamdeploy_asgi.arbiter.bake import BakeRun
 from beamdeploy_asgi.arbiter.deployment import Deployment, Phase
 from beamdeploy_asgi.arbiter.generation import Generation, GenerationState, WorkerState
 from beamdeploy_asgi.arbiter.interfaces import Steps, Workers
@@ -106,8 +106,7 @@ class Deployer:
         self.reload: ReloadRun | None = None
         self.rolling: RollingRun | None = None
         self.gate: PromotionGate | None = None
-        self.bake: BakeWatch | None = None
-        self.target_draining = False  # rolling back: the new generation was told to drain
+        self.bake: BakeRun | None = None
         self.since: dict[str, float] = {}
 
     # -- starting ----------------------------------------------------------
@@ -304,7 +303,7 @@ class Deployer:
         if deployment is None:
             return
         if self.bake is not None and generation is deployment.target:
-            self._watch(deployment, generation)
+            self.bake.observe()
         elif self.rolling is not None and generation is deployment.previous:
             self.rolling.step()  # an old worker's memory is free: room for a new one
 
@@ -312,7 +311,7 @@ class Deployer:
         """The bake window reads them."""
         deployment = self.current
         if deployment is not None and self.bake is not None and generation is deployment.target:
-            self._watch(deployment, generation)
+            self.bake.observe()
 
     def worker_imported(self, generation: Generation) -> None:
         deployment = self.current
@@ -367,8 +366,8 @@ class Deployer:
             )
         elif deployment.phase is Phase.CHECKING:
             self._fail(deployment, f"the checks of {target} did not end in time")
-        elif deployment.phase is Phase.BAKING:
-            self._baked(deployment, target)
+        elif self.bake is not None:
+            self.bake.expired()
         elif deployment.phase in (Phase.PREFLIGHT, Phase.BOOTING, Phase.PROMOTING):
             ready = self.workers.count(target, WorkerState.READY)
             self._fail(
@@ -394,16 +393,6 @@ class Deployer:
                 deployment.previous,
             )
             self._end(deployment, "succeeded")
-        elif deployment.phase is Phase.ROLLING_BACK:
-            if not self.target_draining:
-                self.log.error(
-                    "deployment %s: %s did not accept again in time; draining %s anyway",
-                    deployment.id,
-                    deployment.previous,
-                    target,
-                )
-                self.workers.drain(target)
-            self._end(deployment, ROLLED_BACK)
 
     # -- stepping ------------------------------------------------------------
 
@@ -420,8 +409,8 @@ class Deployer:
             return
         if self.rolling is not None:
             return
-        if deployment.phase is Phase.ROLLING_BACK:
-            self._rolling_back(deployment, target)
+        if self.bake is not None:
+            self.bake.step()
             return
         if deployment.phase is Phase.PREFLIGHT and self.workers.count(target, WorkerState.READY):
             self._passed(deployment)  # a worker that does not say `imported` says `ready`
@@ -508,101 +497,43 @@ class Deployer:
     # -- the bake window ---------------------------------------------------------
 
     def _keep_warm(self, deployment: Deployment, target: Generation, old: Generation) -> bool:
-        """Pause the old generation instead of draining it; False if it cannot pause."""
-        if not self.workers.can_pause(old):
-            deployment.record(
-                Phase.PROMOTED,
-                f"no bake: the workers of {old} run a beamdeploy-asgi that cannot wait "
-                "paused; it drains now",
-            )
-            return False
-        self.workers.pause(old)
-        old.state = GenerationState.STANDBY
-        self.bake = BakeWatch(
+        """Bake: the old generation waits, paused; False if it cannot."""
+        bake = BakeRun(
+            deployment,
+            old,
+            target,
+            workers=self.workers,
+            steps=self.steps,
+            log=self.log,
+            clock=self.clock,
             seconds=self.deploy.bake,
             max_error_rate=self.deploy.bake_max_error_rate,
-            baseline=self.workers.responses(target),
-            crashes=target.crashes,
+            limit=self.boot_timeout + self.drain_timeout + BACKSTOP,
+            baked=lambda: self._baked(deployment, old),
+            tripped=lambda cause: self._tripped(deployment, cause),
+            rolled_back=lambda: self._end(deployment, ROLLED_BACK),
         )
-        deployment.details["bake"] = self.bake.describe()
-        self.since["bake"] = self.clock()
-        self.deadline = self.since["bake"] + self.deploy.bake
-        deployment.record(
-            Phase.BAKING,
-            f"baking {target} for {self.deploy.bake:g}s; {old} waits, booted, to serve again",
-        )
-        self.log.info("deployment %s: baking %s, keeping %s warm", deployment.id, target, old)
+        if not bake.start():
+            return False
+        self.bake = bake
+        self.deadline = bake.deadline
         return True
 
-    def _watch(self, deployment: Deployment, target: Generation) -> None:
-        bake = self.bake
-        assert bake is not None
-        bake.update(self.workers.responses(target))
-        deployment.details["bake"] = bake.describe()
-        cause = bake.verdict(target.crashes)
-        if cause is not None:
-            self._roll_back(deployment, target, cause)
-
-    def _baked(self, deployment: Deployment, target: Generation) -> None:
-        """The bake window passed without a verdict: the old generation drains."""
-        bake = self.bake
-        assert bake is not None and deployment.previous is not None
-        bake.update(self.workers.responses(target))
-        cause = bake.verdict(target.crashes)
-        if cause is not None:
-            self._roll_back(deployment, target, cause)
-            return
-        self._took(deployment, "bake")
-        deployment.details["bake"] = bake.describe()
+    def _baked(self, deployment: Deployment, old: Generation) -> None:
         self.bake = None
-        deployment.record(
-            Phase.PROMOTED,
-            f"baked {bake.seconds:g}s: {bake.errors} of {bake.responses} responses were 5xx",
-        )
-        self._drain(deployment, deployment.previous)
+        self._drain(deployment, old)
 
-    def _roll_back(self, deployment: Deployment, target: Generation, cause: str) -> None:
-        """The old generation, still booted, serves again at once; the new one drains."""
-        old = deployment.previous
-        assert old is not None and self.bake is not None
-        self._took(deployment, "bake")
-        deployment.details["bake"] = {**self.bake.describe(), "verdict": cause}
-        self.bake = None
+    def _tripped(self, deployment: Deployment, cause: str) -> None:
         deployment.error, self.failed_at = f"bake: {cause}", "bake"
-        self.log.error("deployment %s: rolling back to %s: %s", deployment.id, old, cause)
-        self.workers.resume(old)
-        self.workers.serve(old)  # a replacement that was booting during the bake
-        self.workers.promote(old)  # the pool fills it up again if some of it died meanwhile
-        self.steps.restored(old.release)
-        self.target_draining = False
-        self.deadline = self.clock() + self.boot_timeout + self.drain_timeout + BACKSTOP
-        deployment.record(Phase.ROLLING_BACK, f"{old} serves again ({cause})")
-        self._rolling_back(deployment, target)
-
-    def _rolling_back(self, deployment: Deployment, target: Generation) -> None:
-        """Drain the new generation once old workers accept again; end once it is gone.
-
-        Not before its last worker exited: until then, it may still answer
-        requests already sent on its connections, with the code that failed.
-        """
-        old = deployment.previous
-        assert old is not None
-        if not self.target_draining:
-            accepting = self.workers.count(old, WorkerState.SERVING) - self.workers.paused(old)
-            if accepting <= 0:
-                return
-            self.target_draining = True
-            self.workers.drain(target)
-            deployment.record(Phase.ROLLING_BACK, f"draining {target}")
-        if self.workers.live(target) == 0:
-            self._end(deployment, ROLLED_BACK)
+        assert self.bake is not None
+        self.deadline = self.bake.deadline
 
     def roll_back_now(self, reason: str) -> Deployment | None:
         """During a bake, go back to the old generation at once; None if none bakes."""
         deployment = self.current
-        if deployment is None or self.bake is None or deployment.target is None:
+        if deployment is None or self.bake is None or self.bake.rolling_back:
             return None
-        self._roll_back(deployment, deployment.target, reason)
+        self.bake.roll_back(reason)
         return deployment
 
     # -- ending ----------------------------------------------------------------
