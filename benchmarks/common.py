@@ -6,6 +6,7 @@ team runs it before beamdeploy: `gunicorn -k uvicorn_worker.UvicornWorker`.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -101,3 +102,21 @@ def stop_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bounded load every benchmark here runs: its clients and how long around the change."""
+    parser.add_argument("--clients", type=int, default=20, help="keep-alive clients")
+    parser.add_argument("--close-clients", type=int, default=4, help="Connection: close clients")
+    parser.add_argument("--before", type=float, default=4.0, help="seconds of load before")
+    parser.add_argument("--after", type=float, default=2.0, help="seconds of load after")
+
+
+def gunicorn_app(work: Path) -> Path:
+    """A directory holding the v1 test app as main.py, for plain gunicorn to serve."""
+    from tests.support.releases import versioned_app
+
+    appdir = work / "gunicorn-app"
+    appdir.mkdir(parents=True)
+    (appdir / "main.py").write_text(versioned_app("v1"))
+    return appdir

@@ -44,6 +44,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import beamdeploy_asgi  # noqa: E402
+from benchmarks.common import add_load_arguments  # noqa: E402
 from tests.support.load import Load, LoadResult  # noqa: E402
 from tests.support.releases import ReleaseFactory, build_wheel  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
@@ -497,10 +498,7 @@ def print_holds(hot: Measurement) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=20, help="keep-alive clients")
-    parser.add_argument("--close-clients", type=int, default=4, help="Connection: close clients")
-    parser.add_argument("--before", type=float, default=4.0, help="seconds of load before")
-    parser.add_argument("--after", type=float, default=2.0, help="seconds of load after")
+    add_load_arguments(parser)
     args = parser.parse_args()
     socket.setdefaulttimeout(30)
     with tempfile.TemporaryDirectory(prefix="beamdeploy-bench-") as tmp:

@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import beamdeploy_asgi  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    add_load_arguments,
     children,
+    gunicorn_app,
     percentile,
     start_gunicorn,
     stop_group,
@@ -110,9 +112,7 @@ def measure_beamdeploy(work: Path, v1: Path, args: argparse.Namespace) -> Measur
 
 def measure_gunicorn(work: Path, args: argparse.Namespace) -> Measurement:
     measurement = Measurement("gunicorn USR2+TERM")
-    appdir = work / "gunicorn-app"
-    appdir.mkdir(parents=True)
-    (appdir / "main.py").write_text(versioned_app("v1"))
+    appdir = gunicorn_app(work)
     port = free_port()
     log = work / "gunicorn.log"
     # Its console script: gunicorn's USR2 re-executes sys.argv, and `python -m
@@ -151,10 +151,7 @@ def measure_gunicorn(work: Path, args: argparse.Namespace) -> Measurement:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=20, help="keep-alive clients")
-    parser.add_argument("--close-clients", type=int, default=4, help="Connection: close clients")
-    parser.add_argument("--before", type=float, default=4.0, help="seconds of load before")
-    parser.add_argument("--after", type=float, default=2.0, help="seconds of load after")
+    add_load_arguments(parser)
     args = parser.parse_args()
     socket.setdefaulttimeout(30)
     with tempfile.TemporaryDirectory(prefix="beamdeploy-bench-") as tmp:

@@ -39,7 +39,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import beamdeploy_asgi  # noqa: E402
-from benchmarks.common import children, percentile, start_gunicorn, stop_group, window  # noqa: E402
+from benchmarks.common import (
+    add_load_arguments,
+    children,
+    gunicorn_app,
+    percentile,
+    start_gunicorn,
+    stop_group,
+    window,
+)  # noqa: E402
 from tests.support.load import Load, LoadResult  # noqa: E402
 from tests.support.releases import ReleaseFactory, build_wheel, versioned_app  # noqa: E402
 from tests.support.server import ServerProcess, free_port  # noqa: E402
@@ -103,9 +111,7 @@ def measure_beamdeploy(work: Path, v1: Path, v2: Path, args: argparse.Namespace)
 
 def measure_gunicorn_hup(work: Path, args: argparse.Namespace) -> Measurement:
     measurement = Measurement("gunicorn HUP")
-    appdir = work / "gunicorn-app"
-    appdir.mkdir(parents=True)
-    (appdir / "main.py").write_text(versioned_app("v1"))
+    appdir = gunicorn_app(work)
     port = free_port()
     proc = start_gunicorn(appdir, port, work / "gunicorn.log")
     url = f"http://127.0.0.1:{port}"
@@ -342,10 +348,7 @@ def bytecode_note(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=20, help="keep-alive clients")
-    parser.add_argument("--close-clients", type=int, default=4, help="Connection: close clients")
-    parser.add_argument("--before", type=float, default=4.0, help="seconds of load before")
-    parser.add_argument("--after", type=float, default=2.0, help="seconds of load after")
+    add_load_arguments(parser)
     parser.add_argument(
         "--boots", type=int, default=10, help="uvicorn boots, and upgrades, without load"
     )
