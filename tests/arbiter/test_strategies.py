@@ -334,7 +334,7 @@ def test_a_rollback_during_the_bake_is_instant(serve, releases):
     with Load(server.url, max_seconds=60, max_requests=20_000) as load:
         load.wait_requests(50)
         beamdeploy_asgi.upgrade(releases["v2"], bake=60, wait=False, state_dir=server.state_dir)
-        server.wait_for(lambda s: (s["deployment"] or {}).get("phase") == "baking")
+        baking = server.wait_for(lambda s: (s["deployment"] or {}).get("phase") == "baking")
         rolled = server.cli("rollback", "--json")
         load.wait_requests(50)
     result = json.loads(rolled.stdout)
@@ -344,6 +344,9 @@ def test_a_rollback_during_the_bake_is_instant(serve, releases):
     assert load.result.failures == []
     assert sorted(server.serving_pids()) == warm
     assert httpx.get(server.url).text.startswith("v1")
+    shown = format_status(baking)
+    assert "serving: generation 2, demo v2" in shown, shown
+    assert "standby (kept booted for the bake): generation 1, demo v1" in shown, shown
 
 
 def test_rolling_and_a_bake_together_are_refused_at_start(tmp_path):
