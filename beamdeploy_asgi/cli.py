@@ -487,6 +487,12 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
             f"{deployment.get('kind', 'upgrade')} in progress: {deployment['id']} "
             f"({deployment['phase']}) to {release_label(deployment.get('to'))}"
         )
+        bake = deployment.get("bake")
+        if bake and deployment["phase"] == "baking":
+            lines.append(
+                f"  baking {bake['seconds']:g}s: {bake['responses']} responses so far, "
+                f"{bake['errors']} of them 5xx (rolls back above {bake['max_error_rate']:.0%})"
+            )
         progress = [e for e in deployment.get("events", []) if "new_serving" in e]
         if progress:
             lines.append(

@@ -347,6 +347,7 @@ def test_a_rollback_during_the_bake_is_instant(serve, releases):
     shown = format_status(baking)
     assert "serving: generation 2, demo v2" in shown, shown
     assert "standby (kept booted for the bake): generation 1, demo v1" in shown, shown
+    assert "  baking 60s: " in shown and "(rolls back above 5%)" in shown, shown
 
 
 def test_rolling_and_a_bake_together_are_refused_at_start(tmp_path):
