@@ -144,6 +144,7 @@ class Metrics:
     content_type = CONTENT_TYPE
 
     def __init__(self, arbiter: Any) -> None:
+        self.arbiter = arbiter
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ArbiterCollector(arbiter))
         self.deployments = Counter(
@@ -177,13 +178,14 @@ class Metrics:
             buckets=HOLD_BUCKETS,
             registry=self.registry,
         )
-        self._counted: dict[str, None] = {}  # ended deployments' ids, oldest first
+        # Ended deployments' ids, oldest first, with the timings already observed.
+        self._counted: dict[str, set[str]] = {}
 
     def deployment_recorded(self, deployment: Deployment) -> None:
         """Called at every record of a deployment; counts each ended one once."""
         if not deployment.ended or deployment.id in self._counted:
             return
-        self._counted[deployment.id] = None
+        self._counted[deployment.id] = set()
         if len(self._counted) > MAX_REMEMBERED:
             del self._counted[next(iter(self._counted))]
         kind, outcome = deployment.kind, str(deployment.outcome)
@@ -192,11 +194,24 @@ class Metrics:
             self.duration.labels(kind).observe(
                 max(0.0, deployment.ended_at - deployment.started_at)
             )
-        for phase, seconds in dict(deployment.timings).items():
-            if isinstance(seconds, (int, float)) and seconds >= 0:
-                self.phase_duration.labels(str(phase)).observe(seconds)
+        self._phases(deployment)
         if kind == "hot-reload":
             self._hot_reload(deployment)
+
+    def _phases(self, deployment: Deployment) -> None:
+        observed = self._counted.get(deployment.id)
+        if observed is None:
+            return
+        for phase, seconds in dict(deployment.timings).items():
+            if phase not in observed and isinstance(seconds, (int, float)) and seconds >= 0:
+                observed.add(phase)
+                self.phase_duration.labels(str(phase)).observe(seconds)
+
+    def _late_phases(self) -> None:
+        """Timings that come after a deployment's end: the old generation's drain."""
+        for deployment in list(getattr(self.arbiter.deployer, "deployments", ())):
+            if deployment.ended:
+                self._phases(deployment)
 
     def _hot_reload(self, deployment: Deployment) -> None:
         workers = deployment.details.get("workers")
@@ -213,4 +228,5 @@ class Metrics:
                 self.hold.observe(held_for)
 
     def render(self) -> str:
+        self._late_phases()
         return generate_latest(self.registry).decode("utf-8")

@@ -75,6 +75,7 @@ def test_metrics_move_with_a_deploy_and_a_failed_one(serve, releases):
     assert value(after, "beamdeploy_deployment_duration_seconds_count", kind="upgrade") == 1
     assert value(after, "beamdeploy_deployment_duration_seconds_sum", kind="upgrade") > 0
     assert value(after, "beamdeploy_deployment_phase_duration_seconds_count", phase="boot") == 2
+    assert value(after, "beamdeploy_deployment_phase_duration_seconds_count", phase="drain") == 1
     assert release_version(after) == "v2"
     assert value(after, "beamdeploy_workers", state="serving") == 2
 
