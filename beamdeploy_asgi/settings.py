@@ -288,6 +288,43 @@ class AdminAllow(gconfig.Setting):
         """
 
 
+def _metrics_bind(value: Any) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    from beamdeploy_asgi.arbiter.metrics_server import parse_address
+
+    parse_address(str(value))
+    return str(value).strip()
+
+
+class MetricsBind(gconfig.Setting):
+    name = "metrics_bind"
+    section = SECTION
+    cli = ["--metrics-bind"]
+    meta = "ADDRESS"
+    validator = _metrics_bind
+    default = None
+    desc = """\
+        HOST:PORT where the arbiter itself serves ``GET /metrics`` (Prometheus), no token.
+
+        Served by the arbiter, so metrics stay while the app's workers are
+        broken. Needs ``beamdeploy-asgi[metrics]``. Default: off.
+        """
+
+
+class MetricsAllow(gconfig.Setting):
+    name = "metrics_allow"
+    section = SECTION
+    cli = ["--metrics-allow"]
+    meta = "CIDR"
+    action = "append"
+    validator = _networks
+    default: list[str] = []
+    desc = """\
+        Client networks that may read ``/_deploy/metrics`` without the token (repeatable).
+        """
+
+
 class ReleaseDirs(gconfig.Setting):
     name = "release_dirs"
     section = SECTION

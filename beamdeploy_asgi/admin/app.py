@@ -70,6 +70,7 @@ def build_admin_app() -> Any:
         Route("/deployments", deployments, methods=["GET"]),
         Route("/deployments/{id}", deployment, methods=["GET"]),
         Route("/deployments/{id}/events", deployment_events, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     handlers = {AdminError: on_admin_error, HTTPException: on_http_exception}
@@ -130,6 +131,15 @@ async def health(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     return JSONResponse(await _ask(request, simple_request("status")))
+
+
+async def metrics(request: Request) -> Response:
+    """The arbiter renders the Prometheus text; a worker needs no prometheus-client."""
+    answer = await _ask(request, simple_request("metrics"))
+    text, content_type = answer.get("text"), answer.get("content_type")
+    if not isinstance(text, str) or not isinstance(content_type, str):
+        raise AdminError(503, "the arbiter sent no metrics", "unavailable")
+    return Response(text, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
 
 async def deployments(request: Request) -> Response:

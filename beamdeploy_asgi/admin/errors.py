@@ -34,6 +34,7 @@ CONTROL_STATUS = {
     "invalid_release": 422,
     "no_release": 409,
     "unavailable": 503,
+    "metrics_unavailable": 503,  # no prometheus-client in the arbiter's environment
     "not_running": 503,
     "disconnected": 503,
     "timeout": 504,

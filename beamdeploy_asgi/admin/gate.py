@@ -21,6 +21,7 @@ from beamdeploy_asgi.errors import ControlError
 from beamdeploy_asgi.protocol import TOKEN_ENV, simple_request
 
 PUBLIC = "/health"
+METRICS = "/metrics"  # also without the token, to --metrics-allow addresses
 LOCAL = "/hot-reload"  # outside the arbiter: this process reloads itself
 MIN_LOCAL_TOKEN = 16  # as the arbiter demands
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="beamdeploy"'}
@@ -60,6 +61,9 @@ class AdminGate:
             return error_response(404, "not_found", "no such route"), None
         client = (scope.get("client") or ("", 0))[0]
         cfg = runtime.cfg
+        metrics_allow = getattr(cfg, "metrics_allow", None)
+        if path == METRICS and metrics_allow and _allowed(client, metrics_allow):
+            return None, None  # the arbiter answers `metrics` without a token then
         if cfg.admin_allow and not _allowed(client, cfg.admin_allow):
             runtime.log.warning(
                 "admin: refused %s %s from %s (address)", scope.get("method"), path, client

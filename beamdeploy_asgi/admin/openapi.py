@@ -131,6 +131,20 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of the arbiter: deployments, workers, reloads",
+                    "description": "Rendered by the arbiter (it needs beamdeploy-asgi[metrics]). "
+                    "Clients in --metrics-allow need no token. See docs/metrics.md.",
+                    "responses": {
+                        "200": {
+                            "description": "the Prometheus text exposition format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
             "/upgrade": {
                 "post": {
                     "summary": "Swap the service to a release, blue-green or rolling",

@@ -38,6 +38,12 @@ from beamdeploy_asgi.arbiter.listeners import (
     close_listeners,
     describe,
 )
+from beamdeploy_asgi.arbiter.metrics_server import (
+    MISSING,
+    MetricsServer,
+    MetricsUnavailable,
+    load_metrics,
+)
 from beamdeploy_asgi.arbiter.pool import KILL_MARGIN, SpawnContext, WorkerPool
 from beamdeploy_asgi.arbiter.reexec import Reexec, ReexecRefused
 from beamdeploy_asgi.arbiter.reexec_spec import REEXEC_ENV, peek_spec, write_pidfile
@@ -93,19 +99,21 @@ class BeamArbiter(Arbiter):
                 handle=self.handle_control,
                 reject=lambda worker, cause: self.pool.reject(worker, cause),
                 log=self.log,
+                tokenless=frozenset({"metrics"} if self.cfg.metrics_allow else ()),
             ),
             size=self.num_workers,
         )
+        steps = ReleaseSteps(
+            cfg=self.cfg,
+            store=self.store,
+            tasks=self.tasks,
+            hooks=self.hooks,
+            cwd=self.app.launch_cwd,
+            log=self.log,
+        )
         self.deployer = Deployer(
             self.pool,
-            ReleaseSteps(
-                cfg=self.cfg,
-                store=self.store,
-                tasks=self.tasks,
-                hooks=self.hooks,
-                cwd=self.app.launch_cwd,
-                log=self.log,
-            ),
+            steps,
             self.log,
             boot_timeout=self.cfg.boot_timeout,
             drain_timeout=self.cfg.graceful_timeout + KILL_MARGIN,
@@ -125,7 +133,21 @@ class BeamArbiter(Arbiter):
             keep_releases=self.cfg.keep_releases,
             describe_arbiter=self.describe,
             reexec=self.reexec,
+            metrics=self.render_metrics,
         )
+        self.metrics_server: MetricsServer | None = None
+        try:
+            self.metrics: Any = load_metrics(self)  # without prometheus-client: None
+        except MetricsUnavailable:
+            self.metrics = None
+        else:
+            steps.observers.append(self.metrics.deployment_recorded)
+
+    def render_metrics(self) -> dict[str, Any]:
+        """The `metrics` operation: the Prometheus exposition, rendered in the loop."""
+        if self.metrics is None:
+            raise ValueError(MISSING)
+        return {"text": self.metrics.render(), "content_type": self.metrics.content_type}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -166,7 +188,29 @@ class BeamArbiter(Arbiter):
             "Listening at: %s (%s)", ",".join(describe(s) for s in self.LISTENERS), self.pid
         )
         self._open_control()
+        self._open_metrics()
         self.cfg.when_ready(self)
+
+    def _open_metrics(self) -> None:
+        if self.cfg.metrics_bind is None:
+            return
+        if self.metrics is None:
+            raise HaltServer(f"--metrics-bind: {MISSING}", 1)
+        self.metrics_server = MetricsServer(
+            self.cfg.metrics_bind,
+            self.selector,
+            self.metrics.render,
+            self.metrics.content_type,
+            self.log,
+        )
+        if self.handover is not None:
+            self.metrics_server.listen_later()  # once the old arbiter lets go of the address
+            return
+        try:
+            self.metrics_server.listen()
+        except OSError as exc:
+            raise HaltServer(f"cannot listen on {self.cfg.metrics_bind}: {exc}", 1) from None
+        self.log.info("Metrics: http://%s/metrics", self.metrics_server.describe())
 
     def _open_control(self) -> None:
         state_dir_setup.prepare(self.store, self.cfg, self.log)
@@ -285,6 +329,8 @@ class BeamArbiter(Arbiter):
         """Drain (or quickly stop) every generation, then release the sockets."""
         pool = self.pool
         pool.stopping = True
+        if self.metrics_server is not None:  # a successor may bind it now
+            self.metrics_server.close()
         self.tasks.kill_all()
         self.deployer.abandon("the arbiter is shutting down")
         self.reexec.abandon()
@@ -355,6 +401,8 @@ class BeamArbiter(Arbiter):
         self.pool.check(self.timeout)
         self.deployer.tick()
         self.pool.manage()
+        if self.metrics_server is not None:
+            self.metrics_server.tick()
         if self.reexec.handed_over:
             raise StopIteration  # halt(): drain the workers, exit
 

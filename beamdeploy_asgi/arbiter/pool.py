@@ -129,6 +129,9 @@ class WorkerPool:
         self.hold_spawns = False  # during a hot reload: no worker of the old code starts
         self.counter = 0
         self.worker_age = 0
+        # Since the arbiter started, for metrics: worker_restarts, worker_boot_failures,
+        # heartbeat_timeouts.
+        self.events: dict[str, int] = {}
 
     # -- what the deployer asks ---------------------------------------------
 
@@ -524,6 +527,7 @@ class WorkerPool:
     def _failed(self, worker: WorkerProcess, cause: str, phase: str) -> None:
         """A worker that never served failed: its generation's deployment decides."""
         generation = worker.generation
+        self._count("worker_boot_failures")
         if worker.state in (WorkerState.BOOTING, WorkerState.READY):
             self._stop_unserved(worker)
         if generation.state is GenerationState.BOOTING and self.listener is not None:
@@ -563,9 +567,12 @@ class WorkerPool:
         unexpected = worker.state in (WorkerState.BOOTING, WorkerState.READY) or (
             worker.state is WorkerState.SERVING and generation.state is GenerationState.BOOTING
         )
+        if unexpected and worker.state is not WorkerState.SERVING:
+            self._count("worker_boot_failures")
         if generation is self.serving and (
             unexpected or worker.state is WorkerState.SERVING or worker.failure
         ):
+            self._count("worker_restarts")
             served = self.clock() - (worker.serving_since or self.clock())
             self._count_crash(generation, stable=served >= STABLE_AFTER)
         if unexpected and generation.state is GenerationState.BOOTING:
@@ -593,6 +600,9 @@ class WorkerPool:
             self.log.info("%s: drained in %.2fs", generation, took)
         if generation in self.generations:
             self.generations.remove(generation)
+
+    def _count(self, event: str) -> None:
+        self.events[event] = self.events.get(event, 0) + 1
 
     def _count_crash(self, generation: Generation, stable: bool) -> None:
         """A worker that served `STABLE_AFTER` seconds ends the crash streak."""
@@ -652,6 +662,7 @@ class WorkerPool:
             return
         if silent > timeout and not worker.aborted:
             self.log.critical("WORKER TIMEOUT (pid:%s)", worker.pid)
+            self._count("heartbeat_timeouts")
             worker.aborted = True
             worker.deadline = now + ABORT_GRACE
             self._signal(worker, signal.SIGABRT)

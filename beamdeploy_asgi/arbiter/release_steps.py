@@ -52,6 +52,7 @@ class ReleaseSteps:
         self.hooks = hooks
         self.cwd = cwd
         self.log = log
+        self.observers: list[Callable[[Deployment], None]] = []  # told of every record
 
     def install(
         self,
@@ -222,6 +223,8 @@ class ReleaseSteps:
             self.store.append_history(deployment.summary())
         except OSError as exc:
             self.log.error("cannot write %s: %s", self.store.history_file, exc)
+        for observer in self.observers:
+            observer(deployment)
 
     def mark_failed(self, release: Release, phase: str, error: str) -> None:
         if release.path is None:

@@ -32,13 +32,16 @@ class ControlRequests:
         keep_releases: int,
         describe_arbiter: Callable[[], dict[str, Any]],
         reexec: Reexec | None = None,
+        metrics: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """`metrics`: the exposition text and its content type; ValueError when off."""
         self.deployer = deployer
         self.pool = pool
         self.store = store
         self.keep_releases = keep_releases
         self.describe_arbiter = describe_arbiter
         self.reexecs = reexec
+        self.metrics = metrics
 
     def handle(self, request: dict[str, Any], conn: Replier) -> None:
         op = request["op"]
@@ -60,6 +63,11 @@ class ControlRequests:
             conn.reply({"deployments": self.deployer.recent()})
         elif op == "deployment":
             self.deployment(request, conn)
+        elif op == "metrics" and self.metrics is not None:
+            try:
+                conn.reply(self.metrics())
+            except ValueError as exc:
+                conn.fail("metrics_unavailable", str(exc))
         else:
             conn.fail("unknown_op", f"unknown control operation {op!r}")
 

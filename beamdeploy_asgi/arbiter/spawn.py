@@ -28,6 +28,7 @@ ARBITER_ONLY = (
     "keep_releases",
     "artifact_max_size",
     "artifact_max_files",
+    "metrics_bind",
 )
 
 

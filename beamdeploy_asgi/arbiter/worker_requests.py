@@ -81,8 +81,11 @@ class ForwardedRequests:
         handle: Handler,
         reject: Callable[[WorkerProcess, str], None],
         log: Logger,
+        tokenless: frozenset[str] = frozenset(),
     ) -> None:
+        """`tokenless`: operations answered without the token (metrics with --metrics-allow)."""
         self.token = token
+        self.tokenless = tokenless
         self.release_dirs = release_dirs
         self.handle = handle
         self.reject = reject
@@ -97,6 +100,8 @@ class ForwardedRequests:
         conn = WorkerConnection(worker, request_id)
         if self.token is None:
             conn.fail("not_found", "the admin API is off: no admin token is set")
+        elif request["op"] in self.tokenless and message.get("token") is None:
+            self._handle(request, conn)
         elif not token_matches(message.get("token"), self.token):
             self.log.warning(
                 "admin: refused %r forwarded by worker %s (wrong token)",
@@ -107,11 +112,14 @@ class ForwardedRequests:
         elif request["op"] == "auth":
             conn.reply({"ok": True})
         elif self._confine(request, conn):
-            try:
-                self.handle(request, conn)
-            except Exception:
-                self.log.exception("admin request %r failed", request["op"][:40])
-                conn.fail("internal_error", "the arbiter failed to handle this request")
+            self._handle(request, conn)
+
+    def _handle(self, request: dict[str, Any], conn: WorkerConnection) -> None:
+        try:
+            self.handle(request, conn)
+        except Exception:
+            self.log.exception("admin request %r failed", request["op"][:40])
+            conn.fail("internal_error", "the arbiter failed to handle this request")
 
     def _confine(self, request: dict[str, Any], conn: WorkerConnection) -> bool:
         """An upgrade over HTTP deploys an upload, or a path inside --release-dir only."""

@@ -57,6 +57,7 @@ def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, artifac
     assert '"outcome":"succeeded"' in out
     assert "event: end" in out
     assert '"openapi":"3.0.3"' in out
+    assert "beamdeploy_release_info{generation=" in out
     status = server.status()
     assert status["serving"]["release"]["version"] == "1.6.0"
     kinds = [d["kind"] for d in status["deployments"]]

@@ -24,6 +24,7 @@ NAV = [
     "Deploy strategies",
     "Hot reload",
     "Admin API",
+    "Metrics",
     "CLI",
     "Python API",
     "Security",
