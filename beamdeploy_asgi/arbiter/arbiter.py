@@ -49,6 +49,7 @@ from beamdeploy_asgi.arbiter.reexec import Reexec, ReexecRefused
 from beamdeploy_asgi.arbiter.reexec_spec import REEXEC_ENV, peek_spec, write_pidfile
 from beamdeploy_asgi.arbiter.release_steps import ReleaseSteps
 from beamdeploy_asgi.arbiter.requests import ControlRequests
+from beamdeploy_asgi.arbiter.systemd_notify import ServiceNotifier
 from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
 from beamdeploy_asgi.arbiter.worker_requests import ForwardedRequests
 from beamdeploy_asgi.control import ControlClient, socket_path
@@ -78,6 +79,12 @@ class BeamArbiter(Arbiter):
         spec = peek_spec(os.environ)
         os.environ.pop(REEXEC_ENV, None)
         self.handover = Handover(spec, self.log) if spec is not None else None
+        self.service = ServiceNotifier(  # systemd's $NOTIFY_SOCKET
+            self.log,
+            serving=lambda: self.pool.serving,
+            silent=spec is not None,  # until it takes over
+            parent=spec.parent if spec is not None else None,
+        )
 
         self.tasks = TaskRunner(self.selector, self.log)
         self.hooks = DeploymentHooks(self.cfg, self.log, server=self, wake=self._wake)
@@ -110,6 +117,7 @@ class BeamArbiter(Arbiter):
             hooks=self.hooks,
             cwd=self.app.launch_cwd,
             log=self.log,
+            service=self.service,
         )
         self.deployer = Deployer(
             self.pool,
@@ -125,7 +133,7 @@ class BeamArbiter(Arbiter):
         if spec is not None:
             self.deployer.previous_release = spec.previous_release
         self.pool.listener = self.deployer
-        self.reexec = Reexec(self, token=token)
+        self.reexec = Reexec(self, token=token, service=self.service)
         self.requests = ControlRequests(
             deployer=self.deployer,
             pool=self.pool,
@@ -268,6 +276,7 @@ class BeamArbiter(Arbiter):
                 self.log.error("cannot write the pidfile %s: %s", pidfile, exc)
             self.pidfile = Pidfile(pidfile)
             self.pidfile.pid = self.pid
+        self.service.took_over()
 
     def _first_boot(self) -> None:
         first = self.app.release
@@ -329,6 +338,7 @@ class BeamArbiter(Arbiter):
         """Drain (or quickly stop) every generation, then release the sockets."""
         pool = self.pool
         pool.stopping = True
+        self.service.stopping()
         if self.metrics_server is not None:  # a successor may bind it now
             self.metrics_server.close()
         self.tasks.kill_all()
@@ -373,7 +383,8 @@ class BeamArbiter(Arbiter):
             or self.hooks.waiting
             or any(g.state is not GenerationState.SERVING for g in self.pool.generations)
         )
-        for key, mask in self.selector.select(0.1 if busy else 1.0):
+        wait = self.service.wait(0.1 if busy else 1.0)  # the watchdog's pings are due too
+        for key, mask in self.selector.select(wait):
             target = key.data
             if target is None:
                 self._drain_wakeup_pipe()
@@ -403,6 +414,7 @@ class BeamArbiter(Arbiter):
         self.pool.manage()
         if self.metrics_server is not None:
             self.metrics_server.tick()
+        self.service.tick()  # WATCHDOG=1: only a loop that gets this far is alive
         if self.reexec.handed_over:
             raise StopIteration  # halt(): drain the workers, exit
 

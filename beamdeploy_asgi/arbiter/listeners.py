@@ -27,10 +27,10 @@ def bind_listeners(cfg: Any, log: Any, inherited: list[int] | None = None) -> li
     """`inherited`: the fds of the sockets an arbiter passed on at a reexec (see reexec_spec)."""
     if inherited:
         return [_adopt(fd) for fd in inherited]
-    inherited_count = systemd.listen_fds()
+    inherited_count = systemd.listen_fds()  # socket activation; LISTEN_* leave the environment
     if inherited_count:
         first = systemd.SD_LISTEN_FDS_START
-        return [socket.socket(fileno=fd) for fd in range(first, first + inherited_count)]
+        return [_adopt(fd) for fd in range(first, first + inherited_count)]
     bound: list[socket.socket] = []
     try:
         for address in cfg.address:

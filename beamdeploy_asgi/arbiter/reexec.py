@@ -56,10 +56,16 @@ class Reexec:
     """The old arbiter's side. `host` is the BeamArbiter: its sockets, pool, store, pidfile."""
 
     def __init__(
-        self, host: Any, *, token: str | None, clock: Callable[[], float] = time.monotonic
+        self,
+        host: Any,
+        *,
+        token: str | None,
+        clock: Callable[[], float] = time.monotonic,
+        service: systemd_notify.ServiceNotifier | None = None,
     ) -> None:
         self.host = host
         self.log = host.log
+        self.service = service or systemd_notify.ServiceNotifier(host.log)
         self.token = token
         self.clock = clock
         self.current: Deployment | None = None
@@ -112,6 +118,7 @@ class Reexec:
         deployment.details["old_arbiter_pid"] = os.getpid()
         self.current = deployment
         host.deployer.deployments.append(deployment)  # listed and found like any deployment
+        self.service.observe(deployment)  # RELOADING=1 until it ends
         self._reset()
         command = successor_command()
         deployment.record(Phase.STARTING, f"starting a new arbiter: {shlex.join(command)}")
@@ -193,7 +200,8 @@ class Reexec:
         successor.release()
         if self.host.control is not None:
             self.host.control.give_up_name()
-        systemd_notify.main_pid(successor.pid)
+        status = f"serving {deployment.release} (arbiter {successor.pid})"
+        self.service.handed_over(successor.pid, status)
         deployment.record(Phase.DRAINING, f"arbiter {os.getpid()} drains its workers and exits")
         deployment.finish("succeeded", f"arbiter {successor.pid} serves {deployment.release}")
         self.log.info(

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from logging import Logger
 from typing import Any
 
-from gunicorn import systemd
 from gunicorn.errors import HaltServer
 
 from beamdeploy_asgi.arbiter.artifact_install import INSTALL_TIMEOUT, ArtifactInstall, died
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.deployment_hooks import DeploymentHooks
 from beamdeploy_asgi.arbiter.spawn import owner_problem, worker_owner
+from beamdeploy_asgi.arbiter.systemd_notify import SERVICE_ENV, ServiceNotifier
 from beamdeploy_asgi.arbiter.tasks import Task, TaskRunner
 from beamdeploy_asgi.protocol import RELEASE_NAME_ENV, RELEASE_VERSION_ENV, SMOKE_URL_ENV
 from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
@@ -44,9 +44,12 @@ class ReleaseSteps:
         hooks: DeploymentHooks,
         cwd: str,
         log: Logger,
+        service: ServiceNotifier | None = None,
     ) -> None:
-        """`cwd`: where `serve` was started, which the smoke command runs in."""
+        """`cwd`: where `serve` was started, which the smoke command runs in.
+        `service`: told of every deployment's start, for systemd."""
         self.cfg = cfg
+        self.service = service
         self.store = store
         self.tasks = tasks
         self.hooks = hooks
@@ -171,7 +174,8 @@ class ReleaseSteps:
             done(failure, report(None, failure))
 
         env = dict(os.environ)  # the arbiter's, the token already taken out
-        env.pop("NOTIFY_SOCKET", None)  # systemd's, the arbiter's to speak on
+        for name in SERVICE_ENV:  # systemd's, the arbiter's to speak on
+            env.pop(name, None)
         env[SMOKE_URL_ENV] = url
         env[RELEASE_NAME_ENV] = release.name
         env[RELEASE_VERSION_ENV] = release.version
@@ -215,10 +219,11 @@ class ReleaseSteps:
         if release is not None and release.path is not None:
             self.store.set_current(release.path)
             self.store.clear_failed(release.path)
-        if deployment.kind == "boot":
-            systemd.sd_notify("READY=1\nSTATUS=beamdeploy serving", self.log)
 
     def record(self, deployment: Deployment) -> None:
+        """At the start and at the end of every deployment."""
+        if self.service is not None:
+            self.service.observe(deployment)  # READY=1 and such, from its events
         try:
             self.store.append_history(deployment.summary())
         except OSError as exc:

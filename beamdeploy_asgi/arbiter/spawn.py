@@ -18,6 +18,7 @@ from typing import Any
 from gunicorn.workers.workertmp import WorkerTmp
 
 from beamdeploy_asgi.arbiter.generation import Generation, WorkerProcess
+from beamdeploy_asgi.arbiter.systemd_notify import SERVICE_ENV
 from beamdeploy_asgi.protocol import CONTROL_ENV, SPEC_ENV, WorkerSpec
 from beamdeploy_asgi.releases.provenance import bootstrap, release_environment
 
@@ -63,7 +64,7 @@ def spawn_worker(
             admin=admin,
             private_listener=private[0] if private else None,
         )
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}  # the arbiter's
         if release.path is not None:
             env = release_environment(env)
             venv = os.path.join(release.path, "venv")

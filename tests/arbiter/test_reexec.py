@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 
 import beamdeploy_asgi
 from tests.support.load import Load
+from tests.support.notify import NotifySocket
 from tests.support.releases import versioned_app
 from tests.support.server import ServerProcess, alive
 
@@ -24,23 +24,6 @@ def wait_gone(pid: int, timeout: float = 60.0) -> None:
     while alive(pid):
         assert time.monotonic() < deadline, f"process {pid} still runs after {timeout}s"
         time.sleep(0.05)
-
-
-def notify_socket(tmp_path: Path) -> socket.socket:
-    """A stand-in for systemd's $NOTIFY_SOCKET."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    sock.setblocking(False)
-    return sock
-
-
-def notifications(sock: socket.socket) -> list[str]:
-    received = []
-    while True:
-        try:
-            received.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return received
 
 
 def assert_taken_over(server: ServerProcess, old: int, pidfile: Path) -> dict:
@@ -59,7 +42,7 @@ def assert_taken_over(server: ServerProcess, old: int, pidfile: Path) -> dict:
 
 
 def test_reexec_under_load_loses_no_request(serve, releases, tmp_path):
-    notify = notify_socket(tmp_path)
+    notify = NotifySocket(tmp_path / "notify.sock")  # read as it comes, as systemd does
     pidfile = tmp_path / "arbiter.pid"
     server = serve(
         "--workers", "2", "--release", str(releases["v1"]), "--pid", str(pidfile),
@@ -81,7 +64,9 @@ def test_reexec_under_load_loses_no_request(serve, releases, tmp_path):
     assert status["serving"]["release"]["path"] == before["serving"]["release"]["path"]
     assert status["arbiter"]["listeners"] == before["arbiter"]["listeners"]
     assert not [pid for pid in old_workers if alive(pid)]
-    assert f"MAINPID={new}" in notifications(notify)
+    handed = notify.received[notify.wait_for(lambda n: f"MAINPID={new}" in n)]
+    notify.close()
+    assert handed.pid == old and "READY=1" in handed
     record = status["deployments"][0]
     assert (record["kind"], record["outcome"]) == ("reexec", "succeeded")
     assert (record["old_arbiter_pid"], record["new_arbiter_pid"]) == (old, new)

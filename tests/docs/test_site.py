@@ -20,6 +20,7 @@ NAV = [
     "Getting started",
     "Runtime",
     "Configuration",
+    "Running under systemd",
     "Releases",
     "Deploy strategies",
     "Hot reload",

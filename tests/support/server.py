@@ -44,8 +44,11 @@ class ServerProcess:
         *,
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
+        """`pass_fds`: inherited by the arbiter (a socket-activation launcher's socket)."""
         self.workdir = workdir
+        self.pass_fds = pass_fds
         self.port = free_port()
         self.state_dir = workdir / "state"
         self.log_path = workdir / "server.log"
@@ -82,6 +85,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=self.pass_fds,
         )
         log.close()
         if expect_serving:
