@@ -258,6 +258,7 @@ class BeamArbiter(Arbiter):
         self.log.info("Control socket: %s until this arbiter takes over", path)
         state_dir_setup.close_interrupted(self.store, self.deployer.past, self.log)
         handover.take_over = self._take_over
+        handover.may_speak = self.service.took_over
 
     def _take_over(self, message: dict[str, Any]) -> None:
         """The old arbiter lets go: the control socket's name and the pidfile are ours."""
@@ -276,7 +277,6 @@ class BeamArbiter(Arbiter):
                 self.log.error("cannot write the pidfile %s: %s", pidfile, exc)
             self.pidfile = Pidfile(pidfile)
             self.pidfile.pid = self.pid
-        self.service.took_over()
 
     def _first_boot(self) -> None:
         first = self.app.release

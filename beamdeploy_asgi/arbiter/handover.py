@@ -31,6 +31,8 @@ class Handover:
         self.channel: Channel | None = None
         self.taken_over = False
         self.take_over: Callable[[dict[str, Any]], None] = lambda message: None
+        # Once the old arbiter has told systemd MAINPID=, this one may speak to it.
+        self.may_speak: Callable[[], None] = lambda: None
 
     def adopt_stderr(self) -> None:
         """Write to the old arbiter's stderr from now on, not to the pipe it reads."""
@@ -62,13 +64,13 @@ class Handover:
                     "before handing over",
                     1,
                 )
+            self.may_speak()  # it closed its end after its last word to systemd
             return
         for message in messages:
             if message.get("cmd") == "take_over" and not self.taken_over:
                 self.take_over(message)
                 self.taken_over = True
                 self._send({"event": "took_over", "pid": os.getpid()})
-                self.channel.close()
                 self.log.info("Took over from arbiter %s", self.spec.parent)
                 return
 

@@ -197,11 +197,13 @@ class Reexec:
         """The successor owns the control socket's name and the pidfile: we go."""
         self.handed_over = True
         self.deadline = None
-        successor.release()
         if self.host.control is not None:
             self.host.control.give_up_name()
         status = f"serving {deployment.release} (arbiter {successor.pid})"
         self.service.handed_over(successor.pid, status)
+        # Closing the channel tells the successor that systemd has heard MAINPID=
+        # from us: from then on it speaks, and is the main process when it does.
+        successor.release()
         deployment.record(Phase.DRAINING, f"arbiter {os.getpid()} drains its workers and exits")
         deployment.finish("succeeded", f"arbiter {successor.pid} serves {deployment.release}")
         self.log.info(
