@@ -32,6 +32,7 @@ from beamdeploy_asgi.arbiter.deployer import Deployer
 from beamdeploy_asgi.arbiter.deployment_hooks import DeploymentHooks
 from beamdeploy_asgi.arbiter.generation import GenerationState, WorkerProcess
 from beamdeploy_asgi.arbiter.handover import Handover
+from beamdeploy_asgi.arbiter.host_state import HostState
 from beamdeploy_asgi.arbiter.listeners import (
     ListenError,
     bind_listeners,
@@ -118,6 +119,7 @@ class BeamArbiter(Arbiter):
             self.deployer.previous_release = spec.previous_release
         self.pool.listener = self.deployer
         self.reexec = Reexec(self, token=token)
+        self.host = HostState(self.state_dir, self.log, self.pool.tell_host_state)
         self.requests = ControlRequests(
             deployer=self.deployer,
             pool=self.pool,
@@ -125,6 +127,7 @@ class BeamArbiter(Arbiter):
             keep_releases=self.cfg.keep_releases,
             describe_arbiter=self.describe,
             reexec=self.reexec,
+            host=self.host,
         )
 
     def describe(self) -> dict[str, Any]:

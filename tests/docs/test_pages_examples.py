@@ -868,7 +868,10 @@ def test_security_running_with_user(shared_dir: Path, myapp_dist: Path):
             assert set(ids["Uid"]) == {nobody.pw_uid} and set(ids["Gid"]) == {nobody.pw_gid}
             assert ids["Groups"] == [nobody.pw_gid]
         assert httpx.get(server.url + "/").text == "myapp 1.4.0"
-        assert httpx.get(server.url + "/_deploy/health").json() == {"status": "serving"}
+        assert httpx.get(server.url + "/_deploy/health").json() == {
+            "status": "serving",
+            "release": "1.4.0",
+        }
         # The token reached the arbiter: the admin API answers its holders alone.
         auth = {"Authorization": f"Bearer {token}"}
         assert httpx.get(server.url + "/_deploy/status").status_code == 401
