@@ -80,6 +80,8 @@ def test_the_documented_signatures_are_the_real_ones():
             "hot_reload",
             "rollback",
             "reexec",
+            "drain",
+            "undrain",
             "admin_app",
         ]
     )

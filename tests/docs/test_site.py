@@ -22,6 +22,7 @@ NAV = [
     "Configuration",
     "Releases",
     "Deploy strategies",
+    "Several hosts",
     "Hot reload",
     "Admin API",
     "CLI",
