@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from beamdeploy_asgi.admin import admin_app
     from beamdeploy_asgi.api import (
         current_release,
+        drain,
         enabled,
         hot_reload,
         reexec,
         rollback,
         status,
+        undrain,
         upgrade,
         upgrading,
     )
@@ -35,11 +37,13 @@ if TYPE_CHECKING:
 _WHERE = {
     "admin_app": "beamdeploy_asgi.admin",
     "current_release": "beamdeploy_asgi.api",
+    "drain": "beamdeploy_asgi.api",
     "enabled": "beamdeploy_asgi.api",
     "hot_reload": "beamdeploy_asgi.api",
     "reexec": "beamdeploy_asgi.api",
     "rollback": "beamdeploy_asgi.api",
     "status": "beamdeploy_asgi.api",
+    "undrain": "beamdeploy_asgi.api",
     "upgrade": "beamdeploy_asgi.api",
     "upgrading": "beamdeploy_asgi.api",
     "Worker": "beamdeploy_asgi.arbiter.gunicorn_worker",
@@ -60,11 +64,13 @@ __all__ = [
     "__version__",
     "admin_app",
     "current_release",
+    "drain",
     "enabled",
     "hot_reload",
     "reexec",
     "rollback",
     "status",
+    "undrain",
     "upgrade",
     "upgrading",
 ]

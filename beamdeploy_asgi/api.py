@@ -63,6 +63,20 @@ def _deploy_options(
     return {name: value for name, value in checked(given).items() if value is not None}
 
 
+def drain(*, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Mark the host draining: /_deploy/health answers 503, so load balancers stop sending.
+
+    The workers still answer whatever comes. The mark stays across deploys and
+    arbiter restarts until undrain(). Returns {"draining": True, "since": unix time}.
+    """
+    return _client(state_dir).request(simple_request("drain"))
+
+
+def undrain(*, state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Remove the drain mark: /_deploy/health answers 200 again."""
+    return _client(state_dir).request(simple_request("undrain"))
+
+
 def upgrade(
     release: str | os.PathLike[str],
     *,

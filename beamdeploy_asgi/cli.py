@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(run=run_status)
 
+    for name, summary, description in HOST_COMMANDS:
+        marking = command(name, summary, description)
+        talks_to_arbiter(marking, "print the host's state as JSON")
+        marking.set_defaults(run=run_mark_host)
+
     releases = command(
         "releases",
         "list the releases kept in the store",
@@ -438,6 +443,40 @@ def format_releases(listed: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HOST_COMMANDS = [
+    (
+        "drain",
+        "mark the host draining: /_deploy/health answers 503 for the load balancer",
+        "Mark this host draining, so that /_deploy/health answers 503 and the load "
+        "balancer stops sending it traffic. The workers still answer every request that "
+        "comes. The mark is kept across deploys and arbiter restarts (STATE_DIR/drained) "
+        "until beamdeploy undrain. See docs/multi-host.md.",
+    ),
+    (
+        "undrain",
+        "remove the drain mark: /_deploy/health answers 200 again",
+        "Remove the drain mark set by beamdeploy drain: /_deploy/health answers 200 "
+        "again and the load balancer sends traffic once its health checks pass.",
+    ),
+]
+
+
+def run_mark_host(client: ControlClient, options: argparse.Namespace) -> int:
+    host = client.request(simple_request(options.command))
+    if options.json:
+        print(json.dumps(host, indent=2))
+    else:
+        print(host_line(host))
+    return 0
+
+
+def host_line(host: dict[str, Any]) -> str:
+    if host.get("draining"):
+        since = clock(host["since"], "%Y-%m-%d %H:%M:%S") if host.get("since") else "-"
+        return f"host: draining since {since} (health answers 503; the workers still serve)"
+    return "host: serving (health answers 200)"
+
+
 def run_status(client: ControlClient, options: argparse.Namespace) -> int:
     status = client.request(simple_request("status"))
     if options.json:
@@ -458,6 +497,8 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
         f"arbiter pid {arbiter['pid']} on {', '.join(arbiter['listeners'])}",
         f"state dir {arbiter['state_dir']}",
     ]
+    if status.get("host"):
+        lines.append(host_line(status["host"]))
 
     def generation(title: str, gen: dict[str, Any]) -> None:
         release = gen["release"]

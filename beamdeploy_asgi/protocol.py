@@ -69,6 +69,9 @@ class Command(str, enum.Enum):
     RELOAD = "reload"  # a hot reload step; fields: id, step, then what the step needs
     PAUSE = "pause"  # stop accepting, finish connections as in a drain, stay booted
     RESUME = "resume"  # accept again after a pause
+    # The host's drain mark, for /_deploy/health; fields: draining, reason. Sent
+    # first to every worker, and to all when it changes; older workers ignore it.
+    HOST = "host"
 
 
 HOT_RELOAD_VERSION = 1  # the reload steps a worker understands; READY says it

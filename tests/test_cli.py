@@ -18,7 +18,7 @@ import pytest
 
 from beamdeploy_asgi.cli import format_releases, format_status
 
-COMMANDS = ["upgrade", "rollback", "status", "releases", "build"]
+COMMANDS = ["upgrade", "rollback", "status", "drain", "undrain", "releases", "build"]
 DIGEST = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
@@ -62,6 +62,10 @@ def test_top_level_help_lists_each_command_with_its_usage():
     )
     assert "beamdeploy rollback [-h] [--to VERSION]" in text
     assert "beamdeploy status [-h] [--state-dir DIR] [--json] [-v]" in text
+    assert "drain mark the host draining: /_deploy/health answers 503" in text
+    assert "undrain remove the drain mark: /_deploy/health answers 200 again" in text
+    assert "beamdeploy drain [-h] [--state-dir DIR] [--json]" in text
+    assert "beamdeploy undrain [-h] [--state-dir DIR] [--json]" in text
     assert "beamdeploy COMMAND --help" in text
 
 
@@ -248,6 +252,16 @@ def test_status_lists_generations_workers_and_deployments():
         "  b4bd13c0fefd  upgrade  demo 1.1.0      succeeded",
         "  e1a0c2a6d3f9  boot     demo 1.0.0      succeeded",
     ]
+
+
+def test_status_says_whether_the_host_is_marked_draining():
+    since = time.mktime((2026, 11, 27, 10, 5, 12, 0, 0, -1))
+    drained = format_status(status_of(host={"draining": True, "since": since}))
+    assert drained.splitlines()[2] == (
+        "host: draining since 2026-11-27 10:05:12 (health answers 503; the workers still serve)"
+    )
+    serving = format_status(status_of(host={"draining": False, "since": None}))
+    assert serving.splitlines()[2] == "host: serving (health answers 200)"
 
 
 def test_status_verbose_shows_each_workers_app_file_and_artifact_digest():

@@ -17,6 +17,7 @@ from beamdeploy_asgi import deploy_options
 from beamdeploy_asgi import running as worker_runtime
 from beamdeploy_asgi.admin.errors import AdminError, error_response
 from beamdeploy_asgi.admin.gate import AdminGate, presented_token
+from beamdeploy_asgi.admin.health import health_answer
 from beamdeploy_asgi.admin.openapi import openapi_schema
 from beamdeploy_asgi.admin.uploads import (
     ARTIFACT_TYPES,
@@ -67,6 +68,8 @@ def build_admin_app() -> Any:
         Route("/upgrade", upgrade, methods=["POST"]),
         Route("/hot-reload", hot_reload, methods=["POST"]),
         Route("/rollback", rollback, methods=["POST"]),
+        Route("/drain", drain, methods=["POST"]),
+        Route("/undrain", undrain, methods=["POST"]),
         Route("/deployments", deployments, methods=["GET"]),
         Route("/deployments/{id}", deployment, methods=["GET"]),
         Route("/deployments/{id}/events", deployment_events, methods=["GET"]),
@@ -123,10 +126,17 @@ async def _ask(
 
 
 async def health(request: Request) -> Response:
-    runtime = worker_runtime.current()
-    if runtime is None or runtime.draining:
-        return JSONResponse({"status": "draining"}, 503)
-    return JSONResponse({"status": "serving"})
+    code, body = health_answer(worker_runtime.current())
+    return JSONResponse(body, code, headers={"Cache-Control": "no-store"})
+
+
+async def drain(request: Request) -> Response:
+    """Mark the host draining: health answers 503, the workers still serve."""
+    return JSONResponse(await _ask(request, simple_request("drain")))
+
+
+async def undrain(request: Request) -> Response:
+    return JSONResponse(await _ask(request, simple_request("undrain")))
 
 
 async def status(request: Request) -> Response:

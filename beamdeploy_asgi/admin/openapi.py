@@ -6,6 +6,7 @@ from typing import Any
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 DEPLOYMENT = {"$ref": "#/components/schemas/Deployment"}
+HOST = {"$ref": "#/components/schemas/Host"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -114,7 +115,9 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
         "paths": {
             "/health": {
                 "get": {
-                    "summary": "Whether this worker serves (200) or drains (503)",
+                    "summary": "Whether this host should get traffic (200) or not (503)",
+                    "description": "503 once the host is marked draining (POST /drain), "
+                    "and from a worker that is stopping. For load balancers: no token.",
                     "security": [],
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Health"}, "serving"),
@@ -219,6 +222,25 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/drain": {
+                "post": {
+                    "summary": "Mark the host draining: /health answers 503, the workers "
+                    "still serve",
+                    "responses": {
+                        "200": _json(HOST, "the host's state"),
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
+            "/undrain": {
+                "post": {
+                    "summary": "Remove the drain mark: /health answers 200 again",
+                    "responses": {
+                        "200": _json(HOST, "the host's state"),
+                        **_errors(*AUTHED),
+                    },
+                }
+            },
             "/deployments": {
                 "get": {
                     "summary": "Recent deployments, newest first",
@@ -277,7 +299,23 @@ def openapi_schema(prefix: str) -> dict[str, Any]:
                 "Health": {
                     "type": "object",
                     "required": ["status"],
-                    "properties": {"status": {"type": "string", "enum": ["serving", "draining"]}},
+                    "properties": {
+                        "status": {"type": "string", "enum": ["serving", "draining"]},
+                        "reason": {"type": "string", "description": "why it drains"},
+                        "release": {"type": "string", "description": "the version served"},
+                    },
+                },
+                "Host": {
+                    "type": "object",
+                    "required": ["draining", "since"],
+                    "properties": {
+                        "draining": {"type": "boolean"},
+                        "since": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "when it was marked draining (unix time)",
+                        },
+                    },
                 },
                 "UpgradeRequest": {
                     "type": "object",

@@ -32,6 +32,7 @@ from beamdeploy_asgi.arbiter.deployer import Deployer
 from beamdeploy_asgi.arbiter.deployment_hooks import DeploymentHooks
 from beamdeploy_asgi.arbiter.generation import GenerationState, WorkerProcess
 from beamdeploy_asgi.arbiter.handover import Handover
+from beamdeploy_asgi.arbiter.host_state import HostState
 from beamdeploy_asgi.arbiter.listeners import (
     ListenError,
     bind_listeners,
@@ -134,6 +135,7 @@ class BeamArbiter(Arbiter):
             self.deployer.previous_release = spec.previous_release
         self.pool.listener = self.deployer
         self.reexec = Reexec(self, token=token, service=self.service)
+        self.host = HostState(self.state_dir, self.log, self.pool.tell_host_state)
         self.requests = ControlRequests(
             deployer=self.deployer,
             pool=self.pool,
@@ -142,6 +144,7 @@ class BeamArbiter(Arbiter):
             describe_arbiter=self.describe,
             reexec=self.reexec,
             metrics=self.render_metrics,
+            host=self.host,
         )
         self.metrics_server: MetricsServer | None = None
         try:

@@ -132,6 +132,7 @@ class WorkerPool:
         # Since the arbiter started, for metrics: worker_restarts, worker_boot_failures,
         # heartbeat_timeouts.
         self.events: dict[str, int] = {}
+        self.host_command: dict[str, Any] | None = None  # the drain mark: see host_state.py
 
     # -- what the deployer asks ---------------------------------------------
 
@@ -343,6 +344,12 @@ class WorkerPool:
     def workers(self) -> list[WorkerProcess]:
         return [w for g in self.generations for w in g.workers.values()]
 
+    def tell_host_state(self, command: dict[str, Any]) -> None:
+        """Every worker gets the host's state now; each one started later, first thing."""
+        self.host_command = command
+        for worker in self.workers():
+            worker.send(command)
+
     def spawn(self, generation: Generation) -> WorkerProcess | None:
         self.worker_age += 1
         self.cfg.pre_fork(self.hooks_arg, types.SimpleNamespace(age=self.worker_age, pid=None))
@@ -370,6 +377,8 @@ class WorkerPool:
         generation.workers[worker.pid] = worker
         self.selector.register(worker.channel, selectors.EVENT_READ, worker)
         worker.selector = self.selector
+        if self.host_command is not None:
+            worker.send(self.host_command)  # before READY: health answers right from the start
         self.log.info("%s: started worker %s", generation, worker.pid)
         return worker
 

@@ -11,6 +11,7 @@ from beamdeploy_asgi.arbiter.control_server import Replier
 from beamdeploy_asgi.arbiter.deployer import Busy, Deployer
 from beamdeploy_asgi.arbiter.deployment import Deployment
 from beamdeploy_asgi.arbiter.generation import GenerationState
+from beamdeploy_asgi.arbiter.host_state import HostState
 from beamdeploy_asgi.arbiter.pool import WorkerPool
 from beamdeploy_asgi.arbiter.reexec import Reexec, ReexecRefused
 from beamdeploy_asgi.arbiter.rollback import rollback_target
@@ -33,6 +34,7 @@ class ControlRequests:
         describe_arbiter: Callable[[], dict[str, Any]],
         reexec: Reexec | None = None,
         metrics: Callable[[], dict[str, Any]] | None = None,
+        host: HostState | None = None,
     ) -> None:
         """`metrics`: the exposition text and its content type; ValueError when off."""
         self.deployer = deployer
@@ -42,6 +44,7 @@ class ControlRequests:
         self.describe_arbiter = describe_arbiter
         self.reexecs = reexec
         self.metrics = metrics
+        self.host = host
 
     def handle(self, request: dict[str, Any], conn: Replier) -> None:
         op = request["op"]
@@ -68,6 +71,8 @@ class ControlRequests:
                 conn.reply(self.metrics())
             except ValueError as exc:
                 conn.fail("metrics_unavailable", str(exc))
+        elif op in ("drain", "undrain") and self.host is not None:
+            self.mark_host(op, conn)
         else:
             conn.fail("unknown_op", f"unknown control operation {op!r}")
 
@@ -200,6 +205,14 @@ class ControlRequests:
             return
         self._answer(deployment, request, conn)
 
+    def mark_host(self, op: str, conn: Replier) -> None:
+        """Take the host out of its load balancer's rotation, or back in (host_state.py)."""
+        assert self.host is not None
+        try:
+            conn.reply(self.host.drain() if op == "drain" else self.host.undrain())
+        except OSError as exc:
+            conn.fail("state_dir", f"cannot keep the drain mark in {self.host.path}: {exc}")
+
     def deployment(self, request: dict[str, Any], conn: Replier) -> None:
         found = self.deployer.find(request.get("id"))
         if found is None:
@@ -256,6 +269,7 @@ class ControlRequests:
         current = self.deployer.current
         return {
             "arbiter": self.describe_arbiter(),
+            "host": self.host.describe() if self.host is not None else None,
             "serving": self.pool.serving.describe() if self.pool.serving else None,
             "booting": generations(GenerationState.BOOTING),
             "standby": generations(GenerationState.STANDBY),

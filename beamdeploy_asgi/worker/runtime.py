@@ -35,6 +35,7 @@ class WorkerRuntime:
             f"{self.release['version']}) worker {self.pid}"
         )
         self.draining = False
+        self.host: dict[str, Any] = {}  # the host's drain mark, from the arbiter (Command.HOST)
         self.paused = False  # told to stop accepting, still booted
         self.responses: ResponseCounts | None = None  # on the public listeners
         self.cfg: Any = None

@@ -28,6 +28,7 @@ from typing import Any
 
 import uvicorn
 
+from beamdeploy_asgi.admin.health import host_command
 from beamdeploy_asgi.protocol import (
     DEPLOY_VERSION,
     HOT_RELOAD_VERSION,
@@ -120,6 +121,8 @@ class WorkerServer(uvicorn.Server):
             self._switch(self.pause())
         elif command.get("cmd") == Command.RESUME:
             self._switch(self.resume())
+        elif command.get("cmd") == Command.HOST:
+            host_command(self.runtime, command)
 
     def _switch(self, work: Any) -> None:
         """Run a pause or a resume; the loop keeps only weak references to tasks."""

@@ -44,7 +44,7 @@ def post_upgrade(server, release, *, wait=False, **kwargs):
 
 def test_health_is_public_and_reveals_nothing(admin):
     answer = httpx.get(admin.admin + "/health")
-    assert answer.status_code == 200 and answer.json() == {"status": "serving"}
+    assert answer.status_code == 200 and answer.json() == {"status": "serving", "release": "v1"}
 
 
 def test_without_a_token_only_health_exists(serve, releases):
@@ -289,7 +289,8 @@ def test_health_answers_503_while_the_worker_drains(serve, releases):
         # The same keep-alive connection still reaches the old, draining worker.
         drained = client.get(health)
         thread.join()
-    assert drained.status_code == 503 and drained.json() == {"status": "draining"}
+    assert drained.status_code == 503 and drained.json()["status"] == "draining"
+    assert drained.json()["reason"].startswith("this worker is stopping")
     assert results["slow"] == "slow v1"
 
 

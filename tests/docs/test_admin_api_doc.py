@@ -52,7 +52,9 @@ def test_every_curl_example_runs(serve, release_factory: ReleaseFactory, artifac
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert '{"status":"serving"}' in out
+    assert '{"status":"serving","release":"1.4.0"}' in out
+    assert '{"draining":true,"since":' in out and '{"draining":false,"since":null}' in out
+    assert '"status":"draining","reason":"marked draining by the operator at ' in out
     assert "HTTP/1.1 202" in out and "location: /_deploy/deployments/" in out
     assert '"outcome":"succeeded"' in out
     assert "event: end" in out

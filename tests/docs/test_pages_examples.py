@@ -262,8 +262,8 @@ def without_python(version: str) -> str:
 ACCOUNTED = {
     "cli.md": {
         # the synopsis, upgrade, hot-reload --dry-run, a refused hot reload,
-        # status, status -v, releases, releases with a current release outside the store
-        "": 8,
+        # status, status -v, drain, releases, releases with a current release outside the store
+        "": 9,
         "json": 1,  # upgrade --json
     },
     "releases.md": {
@@ -342,6 +342,10 @@ def test_cli_upgrade_status_and_releases_samples(demo_project: Path, short_tmp):
         # "the same as `sha256sum dist/demo-1.1.0.tar.gz`"
         digest = sh("sha256sum dist/demo-1.1.0.tar.gz", project).stdout.split()[0]
         assert printed.count(f"artifact sha256  {digest}") == 2
+        check_sample(sample("cli.md", "beamdeploy drain"), project, subs)
+        assert httpx.get(server.url + "/_deploy/health").status_code == 503
+        sh("beamdeploy undrain", project)
+        assert httpx.get(server.url + "/_deploy/health").status_code == 200
 
         check_sample(samples("cli.md", "beamdeploy releases")[0], project, subs)
 
@@ -380,8 +384,8 @@ def test_cli_json_outputs_and_a_current_release_outside_the_store(
         server.wait_for(lambda s: not s["draining"])
         status = json.loads(sh("beamdeploy status --json", project).stdout)
         assert list(status) == [
-            "arbiter", "serving", "booting", "standby", "draining", "upgrading", "deployment",
-            "reexec",
+            "arbiter", "host", "serving", "booting", "standby", "draining", "upgrading",
+            "deployment", "reexec",
             "deployments",
         ]  # fmt: skip
         assert status["deployments"][0]["id"] == record["id"]
@@ -868,7 +872,10 @@ def test_security_running_with_user(shared_dir: Path, myapp_dist: Path):
             assert set(ids["Uid"]) == {nobody.pw_uid} and set(ids["Gid"]) == {nobody.pw_gid}
             assert ids["Groups"] == [nobody.pw_gid]
         assert httpx.get(server.url + "/").text == "myapp 1.4.0"
-        assert httpx.get(server.url + "/_deploy/health").json() == {"status": "serving"}
+        assert httpx.get(server.url + "/_deploy/health").json() == {
+            "status": "serving",
+            "release": "1.4.0",
+        }
         # The token reached the arbiter: the admin API answers its holders alone.
         auth = {"Authorization": f"Bearer {token}"}
         assert httpx.get(server.url + "/_deploy/status").status_code == 401

@@ -80,6 +80,8 @@ def test_the_documented_signatures_are_the_real_ones():
             "hot_reload",
             "rollback",
             "reexec",
+            "drain",
+            "undrain",
             "admin_app",
         ]
     )
@@ -158,10 +160,16 @@ def test_the_app_examples_serve(serve, release_factory: ReleaseFactory, tmp_path
     second = factory.make("2.1.0", mounted, name="myapp", packages=("fastapi",))
     server = serve("--workers", "1", "--release", str(first))
     assert httpx.get(server.url + "/about").json() == {"release": "2.0.0", "upgrading": False}
-    assert httpx.get(server.url + "/_deploy/health").json() == {"status": "serving"}
+    assert httpx.get(server.url + "/_deploy/health").json() == {
+        "status": "serving",
+        "release": "2.0.0",
+    }
     beamdeploy_asgi.upgrade(second, state_dir=server.state_dir)
     # The app's own mount answers; without a token, /health alone.
-    assert httpx.get(server.url + "/_deploy/health").json() == {"status": "serving"}
+    assert httpx.get(server.url + "/_deploy/health").json() == {
+        "status": "serving",
+        "release": "2.1.0",
+    }
     assert httpx.get(server.url + "/_deploy/status").status_code == 404
     with plain_uvicorn(first / "app", "main:app") as url:
         assert httpx.get(url + "/about").json() == {"release": None, "upgrading": False}

@@ -23,6 +23,7 @@ NAV = [
     "Running under systemd",
     "Releases",
     "Deploy strategies",
+    "Several hosts",
     "Hot reload",
     "Admin API",
     "Metrics",
