@@ -554,7 +554,7 @@ def format_status(status: dict[str, Any], verbose: bool = False) -> str:
                 outcome += " (dry run)"
             error = (past.get("error") or "").splitlines()
             lines.append(
-                f"  {past['id']}  {past['kind']:<8} {release_label(past.get('to')):<15} "
+                f"  {past['id']}  {past['kind']:<10} {release_label(past.get('to')):<15} "
                 f"{outcome}" + (f": {error[0]}" if error else "")
             )
     return "\n".join(lines)

@@ -248,9 +248,9 @@ def test_status_lists_generations_workers_and_deployments():
         "draining: generation 1, demo 1.0.0 (/srv/state/releases/demo-1.0.0)",
         "  worker    5801  draining",
         "recent deployments:",
-        "  c0ffee000001  upgrade  demo-1.2.0.tar.gz failed: demo-1.2.0.tar.gz: not a gzip file",
-        "  b4bd13c0fefd  upgrade  demo 1.1.0      succeeded",
-        "  e1a0c2a6d3f9  boot     demo 1.0.0      succeeded",
+        "  c0ffee000001  upgrade    demo-1.2.0.tar.gz failed: demo-1.2.0.tar.gz: not a gzip file",
+        "  b4bd13c0fefd  upgrade    demo 1.1.0      succeeded",
+        "  e1a0c2a6d3f9  boot       demo 1.0.0      succeeded",
     ]
 
 
@@ -310,7 +310,7 @@ def test_status_names_the_artifact_of_a_deployment_still_installing():
     )
     text = format_status(status_of(deployment=installing, deployments=[installing], upgrading=True))
     assert "upgrade in progress: d00d00000002 (installing) to demo-1.3.0.tar.gz" in text
-    assert "  d00d00000002  upgrade  demo-1.3.0.tar.gz installing" in text
+    assert "  d00d00000002  upgrade    demo-1.3.0.tar.gz installing" in text
 
 
 def test_status_without_a_serving_generation():
