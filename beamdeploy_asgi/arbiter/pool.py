@@ -567,7 +567,9 @@ class WorkerPool:
             self.selector.unregister(worker.channel)
         worker.close()
         how = exit_description(status)
-        expected = worker.state in (WorkerState.DRAINING, WorkerState.STOPPING)
+        # While the arbiter stops, every exit is expected: Ctrl-C reaches the
+        # workers too, and they may go before the arbiter has told them.
+        expected = self.stopping or worker.state in (WorkerState.DRAINING, WorkerState.STOPPING)
         log = self.log.info if expected else self.log.error
         log("%s: worker %s %s (was %s)", generation, worker.pid, how, worker.state.value)
         self.cfg.child_exit(self.hooks_arg, worker)
@@ -578,8 +580,10 @@ class WorkerPool:
         )
         if unexpected and worker.state is not WorkerState.SERVING:
             self._count("worker_boot_failures")
-        if generation is self.serving and (
-            unexpected or worker.state is WorkerState.SERVING or worker.failure
+        if (
+            generation is self.serving
+            and not self.stopping
+            and (unexpected or worker.state is WorkerState.SERVING or worker.failure)
         ):
             self._count("worker_restarts")
             served = self.clock() - (worker.serving_since or self.clock())

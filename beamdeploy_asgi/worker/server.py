@@ -44,6 +44,7 @@ from beamdeploy_asgi.worker.health import check_health
 POLL = 0.05
 ACCEPTED_SETTLE = 0.1
 TICK = 0.1  # uvicorn's main loop interval
+QUICK_LIFESPAN = 1.0  # seconds the app's shutdown gets in a quick exit
 
 
 class ErrorCapture(logging.Handler):
@@ -252,8 +253,8 @@ class WorkerServer(uvicorn.Server):
     async def _stop_unserved(self) -> None:
         if self.private_server is not None:
             self.private_server.close()
-        if self.lifespan_started and not self.force_exit:
-            await self.lifespan.shutdown()
+        if self.lifespan_started:
+            await self._shut_down_lifespan()
         raise StoppedBeforeServing()
 
     # -- serving -----------------------------------------------------------
@@ -392,6 +393,17 @@ class WorkerServer(uvicorn.Server):
             self.reporting.cancel()
             if runtime.responses is not None:
                 runtime.responses.report(runtime.channel)  # what the drain answered
+        await self._shut_down_lifespan()
+        runtime.log.info("%s: drained", runtime.name)
+
+    async def _shut_down_lifespan(self) -> None:
+        """The app's shutdown; in a quick exit (INT, QUIT) only for QUICK_LIFESPAN seconds.
+
+        Skipping it would leave the lifespan task waiting, to be cancelled
+        with a traceback when the loop closes.
+        """
         if not self.force_exit:
             await self.lifespan.shutdown()
-        runtime.log.info("%s: drained", runtime.name)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.lifespan.shutdown(), QUICK_LIFESPAN)

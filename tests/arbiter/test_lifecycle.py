@@ -155,6 +155,21 @@ def test_sigterm_drains_and_exits_cleanly(serve, releases):
     assert not (server.state_dir / "control.sock").exists()
 
 
+def test_ctrl_c_stops_quietly(serve, releases):
+    """Ctrl-C in a terminal sends INT to the arbiter and its workers at once."""
+    server = serve("--workers", "2", "--release", str(releases["v1"]))
+    workers = server.serving_pids()
+    assert server.proc is not None
+    os.killpg(server.proc.pid, signal.SIGINT)
+    assert server.proc.wait(30) == 0
+    log = server.log()
+    assert "Shutting down" in log
+    assert "Traceback" not in log, "the apps' lifespans end, not cancelled"
+    assert "Application shutdown complete" in log
+    assert "crashes in a row" not in log and "[ERROR]" not in log, log
+    assert not [pid for pid in workers if alive(pid)]
+
+
 def test_api_is_inert_under_plain_uvicorn(tmp_path: Path):
     (tmp_path / "inert.py").write_text(
         """
