@@ -38,6 +38,7 @@ DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, float("in
 PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, float("inf"))
 HOLD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, float("inf"))
 MAX_REMEMBERED = 1000  # ids of ended deployments already counted
+RENDER_EVERY = 0.25  # seconds an exposition is answered again before it is rendered anew
 POOL_EVENTS = {  # the pool's event counts: metric name, help
     "worker_restarts": (
         "beamdeploy_worker_restarts",
@@ -98,7 +99,6 @@ class ArbiterCollector(Collector):
                 {
                     "name": str(release.name),
                     "version": str(release.version),
-                    "path": str(release.path or ""),
                     "generation": str(serving.number),
                 },
             )
@@ -145,6 +145,7 @@ class Metrics:
 
     def __init__(self, arbiter: Any) -> None:
         self.arbiter = arbiter
+        self._rendered: tuple[float, str] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ArbiterCollector(arbiter))
         self.deployments = Counter(
@@ -183,6 +184,7 @@ class Metrics:
 
     def deployment_recorded(self, deployment: Deployment) -> None:
         """Called at every record of a deployment; counts each ended one once."""
+        self._rendered = None  # a deployment started or ended: render anew
         if not deployment.ended or deployment.id in self._counted:
             return
         self._counted[deployment.id] = set()
@@ -228,5 +230,10 @@ class Metrics:
                 self.hold.observe(held_for)
 
     def render(self) -> str:
-        self._late_phases()
-        return generate_latest(self.registry).decode("utf-8")
+        """The exposition, rendered at most every RENDER_EVERY seconds: whoever asks
+        for it (app code on its channel, a scraper) cannot keep the arbiter's loop busy."""
+        now = time.monotonic()
+        if self._rendered is None or now - self._rendered[0] >= RENDER_EVERY:
+            self._late_phases()
+            self._rendered = (now, generate_latest(self.registry).decode("utf-8"))
+        return self._rendered[1]

@@ -208,6 +208,10 @@ class ControlRequests:
     def mark_host(self, op: str, conn: Replier) -> None:
         """Take the host out of its load balancer's rotation, or back in (host_state.py)."""
         assert self.host is not None
+        replaced = self.reexecs.busy() if self.reexecs is not None else None
+        if replaced:  # the new arbiter read the mark when it started: it would not see this
+            conn.fail("reexec_in_progress", replaced)
+            return
         try:
             conn.reply(self.host.drain() if op == "drain" else self.host.undrain())
         except OSError as exc:

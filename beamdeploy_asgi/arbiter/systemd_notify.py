@@ -180,10 +180,16 @@ class ServiceNotifier:
         self.silent = True
 
     def took_over(self) -> None:
-        """A reexec'd arbiter is the main process: it speaks, its watchdog runs."""
+        """A reexec'd arbiter is the main process: it speaks, its watchdog runs.
+
+        The watchdog is ours from now on, for the next reexec's successor too:
+        it would otherwise look for the first arbiter's pid, or its own parent's.
+        """
         self.silent = False
         self.ready = True
         self._arm_watchdog()
+        if self.watchdog is not None:
+            os.environ[WATCHDOG_PID_ENV] = str(os.getpid())
 
     def stopping(self) -> None:
         self.send("STOPPING=1", self._status("stopping: draining the workers"))

@@ -102,6 +102,7 @@ class WorkerServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
     def request_drain(self) -> None:
+        self.runtime.draining = True  # /_deploy/health says so from now on
         self.should_exit = True
         self.stop_requested.set()
 
