@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from beamdeploy_asgi.arbiter import systemd_notify
@@ -52,3 +53,21 @@ def test_nothing_is_said_after_stopping_or_handing_over(tmp_path, monkeypatch):
         except BlockingIOError:
             extra = b""
         assert extra == b""
+
+
+def test_the_watchdog_passes_from_one_reexec_to_the_next(tmp_path, monkeypatch):
+    """systemd's WATCHDOG_PID names the first arbiter; each successor takes it over."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        monkeypatch.setenv("WATCHDOG_USEC", "500000")
+        monkeypatch.setenv("WATCHDOG_PID", "1111")  # the first arbiter, our parent
+        second = ServiceNotifier(logging.getLogger("test"), silent=True, parent=1111)
+        second.took_over()
+        assert second.watchdog == 0.25
+        assert os.environ["WATCHDOG_PID"] == str(os.getpid()), "what our successor inherits"
+        # Our successor: started by us, with our environment.
+        third = ServiceNotifier(logging.getLogger("test"), silent=True, parent=os.getpid())
+        third.took_over()
+        assert third.watchdog == 0.25
