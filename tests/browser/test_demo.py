@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.browser.demo_process import REPO, DemoProcess
+from tests.support.apt import debian_program
 
 try:
     from playwright.sync_api import Page, expect, sync_playwright
@@ -35,30 +35,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-APT_TIMEOUT = 600  # seconds, for each apt-get step
 DEPLOY_TIMEOUT_MS = 120_000  # a build, then a deployment
 UPDATE_SCREENSHOTS = "BEAMDEPLOY_UPDATE_SCREENSHOTS"
 
 
 def chromium() -> Path:
-    """Debian's Chromium; installed with apt-get when it is missing, or the test fails."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    tried: list[str] = []
-    for step in (["apt-get", "install", "-y", "chromium"], ["apt-get", "update"]) * 2:
-        try:
-            done = subprocess.run(
-                step, capture_output=True, text=True, timeout=APT_TIMEOUT, env=env
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tried.append(f"{' '.join(step)}: {exc}")
-            continue
-        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        tried.append(f"{' '.join(step)}: exit {done.returncode}: " + " / ".join(tail))
-        if CHROMIUM.exists():
-            return CHROMIUM
-    pytest.fail(f"{CHROMIUM} is missing and apt-get could not install it:\n" + "\n".join(tried))
+    """Debian's chromium; installed with apt-get when it is missing, or the test fails."""
+    return debian_program(CHROMIUM, "chromium")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.apt import debian_program
 from tests.support.load import Load
 from tests.support.server import ServerProcess, free_port
 
@@ -36,29 +37,12 @@ SERVER_STATE = (
     / "haproxy_server_state.py"
 )
 HAPROXY = Path("/usr/sbin/haproxy")
-APT_TIMEOUT = 600  # seconds, for each apt-get step
 NAMES = ("web1", "web2")
 
 
 def haproxy() -> Path:
-    """Debian's HAProxy; installed with apt-get when it is missing, or the test fails."""
-    if HAPROXY.exists():
-        return HAPROXY
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    tried: list[str] = []
-    for step in (["apt-get", "install", "-y", "haproxy"], ["apt-get", "update"]) * 2:
-        try:
-            done = subprocess.run(
-                step, capture_output=True, text=True, timeout=APT_TIMEOUT, env=env
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            tried.append(f"{' '.join(step)}: {exc}")
-            continue
-        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        tried.append(f"{' '.join(step)}: exit {done.returncode}: " + " / ".join(tail))
-        if HAPROXY.exists():
-            return HAPROXY
-    pytest.fail(f"{HAPROXY} is missing and apt-get could not install it:\n" + "\n".join(tried))
+    """Debian's haproxy; installed with apt-get when it is missing, or the test fails."""
+    return debian_program(HAPROXY, "haproxy")
 
 
 def documented_config() -> str:
